@@ -1,0 +1,644 @@
+# Copyright 2025 The PerA authors and contributors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Image processor class for PerA: any number of spectral bands, any integer or float pixel type.
+
+This file travels to the Hub as custom code (`trust_remote_code=True`): it only imports torch, numpy, PIL and
+transformers.
+"""
+
+import copy
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from transformers.image_processing_base import BatchFeature
+from transformers.image_processing_utils import BaseImageProcessor
+from transformers.processing_utils import ImagesKwargs, Unpack
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Band presets. This module is the single home of band names and normalisation statistics.
+# ---------------------------------------------------------------------------------------------------------------------
+
+SENTINEL2_L1C_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
+# Level-2A (bottom-of-atmosphere) products drop the cirrus band B10.
+SENTINEL2_L2A_BANDS = [band for band in SENTINEL2_L1C_BANDS if band != "B10"]
+
+# Central wavelengths in micrometres of the Sentinel-2A MSI bands (ESA spectral response functions).
+SENTINEL2_WAVELENGTHS = {
+    "B01": 0.443,
+    "B02": 0.492,
+    "B03": 0.560,
+    "B04": 0.665,
+    "B05": 0.704,
+    "B06": 0.741,
+    "B07": 0.783,
+    "B08": 0.833,
+    "B8A": 0.865,
+    "B09": 0.945,
+    "B10": 1.374,
+    "B11": 1.614,
+    "B12": 2.202,
+}
+
+# SSL4EO-S12 statistics in digital numbers (DN = 10000 * reflectance), in the order of the band lists above.
+SENTINEL2_L1C_MEAN = [
+    1605.58, 1390.78, 1314.87, 1363.52, 1549.44, 2091.75, 2371.72, 2299.90, 2560.30, 830.07, 22.10, 2177.07, 1524.07
+]  # fmt: skip
+SENTINEL2_L1C_STD = [
+    786.79, 850.35, 875.06, 1138.85, 1122.18, 1161.59, 1274.39, 1248.43, 1345.53, 577.32, 51.15, 1336.10, 1136.54
+]  # fmt: skip
+SENTINEL2_L2A_MEAN = [
+    752.40, 884.30, 1144.16, 1297.47, 1624.91, 2194.64, 2422.21, 2517.76, 2581.65, 2645.52, 2368.51, 1805.07
+]  # fmt: skip
+SENTINEL2_L2A_STD = [
+    1108.03, 1155.15, 1183.63, 1368.11, 1370.27, 1355.55, 1416.51, 1474.79, 1439.31, 1582.28, 1455.52, 1343.48
+]  # fmt: skip
+
+RGB_BANDS = ["red", "green", "blue"]
+RGBN_BANDS = ["red", "green", "blue", "nir"]
+
+# Statistics the released PerA RGB weights were used with downstream, on pixels rescaled to [0, 1].
+PERA_RGB_MEAN = [0.3585, 0.3741, 0.3155]
+PERA_RGB_STD = [0.1483, 0.1283, 0.1198]
+
+# 4-band NAIP-style imagery (uint8 red, green, blue, near-infrared). Red, green and blue reuse the PerA RGB statistics
+# so that the first three inputs match what the RGB weights expect. The NIR mean and std are the pooled statistics
+# of the three NAIP crops (2018-2020, 2.0 M pixels) in the project's test data; one place only, so replace them with
+# statistics of your own imagery when you have more of it.
+RGBN_MEAN = PERA_RGB_MEAN + [0.5512]
+RGBN_STD = PERA_RGB_STD + [0.2790]
+
+PERA_IMAGE_SIZE = {"height": 448, "width": 448}
+
+PERA_PROCESSOR_PRESETS: dict[str, dict[str, Any]] = {
+    "pera-rgb": {
+        "num_channels": 3,
+        "band_names": RGB_BANDS,
+        "image_mean": PERA_RGB_MEAN,
+        "image_std": PERA_RGB_STD,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "offset": 0.0,
+        "size": PERA_IMAGE_SIZE,
+    },
+    "rgbn": {
+        "num_channels": 4,
+        "band_names": RGBN_BANDS,
+        "image_mean": RGBN_MEAN,
+        "image_std": RGBN_STD,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "offset": 0.0,
+        "size": PERA_IMAGE_SIZE,
+    },
+    # The Sentinel-2 statistics are in DN, so pixels are not rescaled. Products of processing baseline 04.00 and later
+    # (from January 2022) store DN = 10000 * reflectance + 1000: pass `offset=1000` for those.
+    "sentinel2-l1c": {
+        "num_channels": len(SENTINEL2_L1C_BANDS),
+        "band_names": SENTINEL2_L1C_BANDS,
+        "wavelengths": [SENTINEL2_WAVELENGTHS[band] for band in SENTINEL2_L1C_BANDS],
+        "image_mean": SENTINEL2_L1C_MEAN,
+        "image_std": SENTINEL2_L1C_STD,
+        "do_rescale": False,
+        "rescale_factor": 1.0,
+        "offset": 0.0,
+        "size": PERA_IMAGE_SIZE,
+    },
+    "sentinel2-l2a": {
+        "num_channels": len(SENTINEL2_L2A_BANDS),
+        "band_names": SENTINEL2_L2A_BANDS,
+        "wavelengths": [SENTINEL2_WAVELENGTHS[band] for band in SENTINEL2_L2A_BANDS],
+        "image_mean": SENTINEL2_L2A_MEAN,
+        "image_std": SENTINEL2_L2A_STD,
+        "do_rescale": False,
+        "rescale_factor": 1.0,
+        "offset": 0.0,
+        "size": PERA_IMAGE_SIZE,
+    },
+}
+
+# Which preset to suggest when an image arrives with a given number of bands.
+_PRESET_FOR_BAND_COUNT = {3: "pera-rgb", 4: "rgbn", 12: "sentinel2-l2a", 13: "sentinel2-l1c"}
+
+# PIL's integer codes for the interpolation filters this processor implements, and the torch modes they map to.
+_TORCH_MODE_FOR_RESAMPLE = {2: "bilinear", 3: "bicubic"}
+
+_NUMPY_DTYPES = (np.uint8, np.uint16, np.int16, np.int32, np.int64, np.float16, np.float32, np.float64)
+_TORCH_DTYPES = (
+    torch.uint8,
+    torch.uint16,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.float16,
+    torch.float32,
+    torch.float64,
+)
+
+# PIL modes that are converted before reading the pixels; all other supported modes are read as they are.
+_PIL_MODE_CONVERSIONS = {"1": "L", "LA": "L", "P": "RGB", "PA": "RGB"}
+_PIL_READABLE_MODES = {"L", "RGB", "RGBA", "I;16", "I;16L", "I;16B", "I", "F"}
+
+# Options of `ImagesKwargs` this processor does not implement: refuse them instead of ignoring them silently.
+_UNSUPPORTED_OPTIONS = ("do_center_crop", "crop_size", "do_pad", "pad_size", "do_convert_rgb", "data_format")
+
+# Options that can be overridden per call of `preprocess`. The band layout (`num_channels`, `band_names`,
+# `wavelengths`) belongs to the processor and is fixed.
+_PREPROCESS_OPTIONS = (
+    "do_resize",
+    "size",
+    "resample",
+    "do_rescale",
+    "rescale_factor",
+    "offset",
+    "do_normalize",
+    "image_mean",
+    "image_std",
+)
+
+# Every option this processor implements.
+_PROCESSOR_OPTIONS = _PREPROCESS_OPTIONS + ("num_channels", "band_names", "wavelengths")
+
+# Keys transformers itself writes to `preprocessor_config.json` (now or in older versions) besides the options.
+_SERVICE_KEYS = ("image_processor_type", "auto_map", "processor_class", "feature_extractor_type")
+
+
+class PeraImageProcessorKwargs(ImagesKwargs, total=False):
+    r"""
+    offset (`float`, *optional*, defaults to `0.0`):
+        Value subtracted from every pixel before rescaling. Sentinel-2 products of processing baseline 04.00 and later
+        store DN = 10000 * reflectance + 1000: pass `offset=1000` for those.
+    num_channels (`int`, *optional*, defaults to `3`):
+        Number of spectral bands every image must have.
+    band_names (`list[str]`, *optional*):
+        Name of each band, in the order of the image's band axis. Defaults to `["red", "green", "blue"]` for 3 bands.
+    wavelengths (`list[float]`, *optional*):
+        Central wavelength of each band, in micrometres.
+    """
+
+    offset: float | None
+    num_channels: int | None
+    band_names: list[str] | None
+    wavelengths: list[float] | None
+
+
+def _as_float_list(values: Any) -> Any:
+    """Turns a sequence of numbers into a list of floats; anything else is returned as is for validation to reject."""
+    if isinstance(values, (Sequence, np.ndarray, torch.Tensor)) and not isinstance(values, str):
+        return [float(value) for value in values]
+    return values
+
+
+def _as_per_band_list(values: Any, num_channels: int) -> Any:
+    """Like `_as_float_list`, but a single number is repeated for each of the `num_channels` bands."""
+    if isinstance(values, (int, float)) and not isinstance(values, bool):
+        return [float(values)] * num_channels
+    return _as_float_list(values)
+
+
+class PeraImageProcessor(BaseImageProcessor):
+    r"""
+    Constructs a PerA image processor for RGB, RGB+NIR and multispectral (e.g. Sentinel-2) imagery.
+
+    Every image goes through the same float32 pipeline in torch, band by band: subtract `offset`, multiply by
+    `rescale_factor`, resize to `size`, then normalise with `image_mean` and `image_std`. Unlike transformers' stock
+    image processors it takes any number of bands and 16-bit or float pixels. Use
+    [`PeraImageProcessor.from_preset`] for the common sensors (`PERA_PROCESSOR_PRESETS`).
+
+    Args:
+        do_resize (`bool`, *optional*, defaults to `True`):
+            Whether to resize every image to `size`.
+        size (`dict[str, int]`, *optional*, defaults to `{"height": 448, "width": 448}`):
+            Output size `{"height": int, "width": int}`. An int means a square of that side.
+        resample (`int`, *optional*, defaults to `2`):
+            Interpolation filter as PIL numbers it: `2` (bilinear) or `3` (bicubic). Downsampling is antialiased.
+        do_rescale (`bool`, *optional*, defaults to `True`):
+            Whether to multiply the pixels by `rescale_factor`.
+        rescale_factor (`float`, *optional*, defaults to `1/255`):
+            Scale factor applied when `do_rescale` is `True`.
+        offset (`float`, *optional*, defaults to `0.0`):
+            Value subtracted from every pixel before rescaling (see [`PeraImageProcessorKwargs`]).
+        do_normalize (`bool`, *optional*, defaults to `True`):
+            Whether to normalise every band with `image_mean` and `image_std`.
+        image_mean (`float` or `list[float]`, *optional*, defaults to `[0.3585, 0.3741, 0.3155]`):
+            Mean of each band, after offset and rescaling. A single number is used for every band.
+        image_std (`float` or `list[float]`, *optional*, defaults to `[0.1483, 0.1283, 0.1198]`):
+            Standard deviation of each band, after offset and rescaling. Must be positive.
+        num_channels (`int`, *optional*, defaults to `3`):
+            Number of bands every image must have.
+        band_names (`list[str]`, *optional*):
+            Name of each band. Defaults to `["red", "green", "blue"]` when `num_channels` is 3, else `None`.
+        wavelengths (`list[float]`, *optional*):
+            Central wavelength of each band in micrometres.
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from modeling_pera.image_processing_pera import PeraImageProcessor
+
+    >>> processor = PeraImageProcessor.from_preset("sentinel2-l2a", offset=1000)
+    >>> patch = np.random.randint(1000, 6000, size=(12, 120, 120), dtype=np.uint16)
+    >>> processor(patch)["pixel_values"].shape
+    torch.Size([1, 12, 448, 448])
+    ```
+    """
+
+    model_input_names = ["pixel_values"]
+    valid_kwargs = PeraImageProcessorKwargs
+
+    do_resize = True
+    size = PERA_IMAGE_SIZE
+    resample = 2
+    do_rescale = True
+    rescale_factor = 1 / 255
+    offset = 0.0
+    do_normalize = True
+    image_mean = PERA_RGB_MEAN
+    image_std = PERA_RGB_STD
+    num_channels = 3
+    band_names = None
+    wavelengths = None
+
+    def __init__(self, **kwargs: Unpack[PeraImageProcessorKwargs]) -> None:
+        for name in _UNSUPPORTED_OPTIONS:
+            if kwargs.get(name):
+                raise ValueError(
+                    f"PeraImageProcessor does not implement `{name}`; crop, pad or convert the images before "
+                    "passing them, or drop the option."
+                )
+        unknown = sorted(set(kwargs) - set(self.valid_kwargs.__annotations__) - set(_SERVICE_KEYS))
+        if unknown:
+            logger.warning(
+                f"PeraImageProcessor ignores the unknown options {unknown}; its options are "
+                f"{list(_PROCESSOR_OPTIONS)}."
+            )
+        super().__init__(**kwargs)
+        self._set_attributes(**kwargs)
+        if self.band_names is None and self.num_channels == len(RGB_BANDS):
+            self.band_names = list(RGB_BANDS)
+        self._validate_preprocess_kwargs(**{name: getattr(self, name) for name in self._valid_kwargs_names})
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Unpack[PeraImageProcessorKwargs]) -> "PeraImageProcessor":
+        """
+        Instantiates a processor from one of `PERA_PROCESSOR_PRESETS`, with any option overridden.
+
+        Args:
+            name (`str`):
+                One of `"pera-rgb"`, `"rgbn"`, `"sentinel2-l1c"` and `"sentinel2-l2a"`.
+            overrides:
+                Options replacing the preset's, e.g. `offset=1000` for Sentinel-2 products of processing baseline
+                04.00 and later, or `size=224`.
+
+        Returns:
+            [`PeraImageProcessor`]: the configured processor.
+        """
+        if name not in PERA_PROCESSOR_PRESETS:
+            raise ValueError(f"Unknown PerA preset {name!r}. Valid presets: {', '.join(PERA_PROCESSOR_PRESETS)}.")
+        unknown = sorted(set(overrides) - set(_PROCESSOR_OPTIONS))
+        if unknown:
+            raise ValueError(
+                f"Unknown options {unknown} for preset {name!r}. Valid options: {', '.join(_PROCESSOR_OPTIONS)}."
+            )
+        options = copy.deepcopy(PERA_PROCESSOR_PRESETS[name])
+        options.update(overrides)
+        return cls(**options)
+
+    def _standardize_kwargs(
+        self,
+        num_channels: int | None = None,
+        image_mean: float | Sequence[float] | None = None,
+        image_std: float | Sequence[float] | None = None,
+        band_names: Sequence[str] | None = None,
+        wavelengths: Sequence[float] | None = None,
+        resample: int | None = None,
+        rescale_factor: float | None = None,
+        offset: float | None = None,
+        **kwargs,
+    ) -> dict:
+        """
+        Brings the options to the types stored in `preprocessor_config.json`, so that a saved and reloaded processor
+        has identical attributes: per-band lists of floats, an int `resample`, a float `offset` and `rescale_factor`.
+        """
+        kwargs = super()._standardize_kwargs(**kwargs)
+        if isinstance(num_channels, int):
+            image_mean = _as_per_band_list(image_mean, num_channels)
+            image_std = _as_per_band_list(image_std, num_channels)
+        if band_names is not None and not isinstance(band_names, str):
+            band_names = [str(band_name) for band_name in band_names]
+        kwargs.update(
+            num_channels=num_channels,
+            image_mean=image_mean,
+            image_std=image_std,
+            band_names=band_names,
+            wavelengths=_as_float_list(wavelengths),
+            resample=int(resample) if resample is not None else None,
+            rescale_factor=float(rescale_factor) if rescale_factor is not None else None,
+            offset=float(offset) if offset is not None else None,
+        )
+        return kwargs
+
+    def _validate_preprocess_kwargs(
+        self,
+        num_channels: int | None = None,
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
+        band_names: list[str] | None = None,
+        wavelengths: list[float] | None = None,
+        do_resize: bool | None = None,
+        size: Any = None,
+        resample: int | None = None,
+        do_rescale: bool | None = None,
+        rescale_factor: float | None = None,
+        offset: float | None = None,
+        **kwargs,
+    ) -> None:
+        """Checks that the band layout and the statistics agree, and that every option has a usable value."""
+        if not isinstance(num_channels, int) or isinstance(num_channels, bool) or num_channels < 1:
+            raise ValueError(f"`num_channels` must be a positive int, got {num_channels!r}.")
+        fix = (
+            f"give one value per band, or start from a preset: PeraImageProcessor.from_preset(name) with name in "
+            f"{list(PERA_PROCESSOR_PRESETS)}."
+        )
+        for option, values in (("image_mean", image_mean), ("image_std", image_std)):
+            if not isinstance(values, list):
+                raise ValueError(f"`{option}` must be a number or a list of numbers, got {values!r}.")
+            if len(values) != num_channels:
+                raise ValueError(f"`{option}` has {len(values)} values but `num_channels` is {num_channels}: {fix}")
+            if not all(math.isfinite(value) for value in values):
+                raise ValueError(f"`{option}` must be finite, got {values}.")
+        if any(value <= 0 for value in image_std):
+            raise ValueError(f"Every value of `image_std` must be positive, got {image_std}.")
+        if band_names is not None:
+            if isinstance(band_names, str) or len(band_names) != num_channels:
+                raise ValueError(
+                    f"`band_names` must name each of the {num_channels} bands (`num_channels`), got {band_names!r}: "
+                    f"{fix}"
+                )
+            if len(set(band_names)) != len(band_names):
+                raise ValueError(f"`band_names` must be unique, got {band_names}.")
+        if wavelengths is not None:
+            if not isinstance(wavelengths, list) or len(wavelengths) != num_channels:
+                raise ValueError(
+                    f"`wavelengths` must give one wavelength (micrometres) for each of the {num_channels} bands "
+                    f"(`num_channels`), got {wavelengths!r}: {fix}"
+                )
+            if not all(math.isfinite(value) and value > 0 for value in wavelengths):
+                raise ValueError(f"`wavelengths` must be positive numbers of micrometres, got {wavelengths}.")
+        if resample not in _TORCH_MODE_FOR_RESAMPLE:
+            raise ValueError(f"`resample` must be 2 (bilinear) or 3 (bicubic), got {resample!r}.")
+        if size is None or size.get("height") is None or size.get("width") is None:
+            raise ValueError(f"`size` must be an int or a dict with 'height' and 'width', got {size!r}.")
+        if size["height"] < 1 or size["width"] < 1:
+            raise ValueError(f"`size` must be positive, got {dict(size)}.")
+        if do_rescale and not (rescale_factor is not None and math.isfinite(rescale_factor) and rescale_factor > 0):
+            raise ValueError(
+                f"`rescale_factor` must be a positive number when `do_rescale` is True, got {rescale_factor!r}."
+            )
+        if offset is None or not math.isfinite(offset):
+            raise ValueError(f"`offset` must be a finite number, got {offset!r}.")
+
+    def preprocess(
+        self,
+        images: Any,
+        return_tensors: str | None = "pt",
+        input_data_format: str | None = None,
+        **kwargs: Unpack[PeraImageProcessorKwargs],
+    ) -> BatchFeature:
+        """
+        Preprocesses an image or a batch of images.
+
+        Args:
+            images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
+                One image or a list of images; a 4-D array or tensor is a batch. Each image is 2-D (one band),
+                channels-first `(bands, height, width)` or channels-last `(height, width, bands)`. Arrays and tensors
+                may be uint8, uint16, int16, int32, int64, float16, float32 or float64. PIL images: modes `RGB`,
+                `RGBA`, `P`, `L`, `I;16`, `I` and `F` (and `1`, `LA`, `PA`); `RGBA` keeps its 4 bands for a 4-band
+                processor (PIL opens 4-band RGB+NIR GeoTIFFs as RGBA) and drops alpha otherwise, `P` becomes RGB.
+                Single-band images are only accepted by a 1-band processor: nothing is replicated silently.
+            return_tensors (`str`, *optional*, defaults to `"pt"`):
+                `"pt"` for a `torch.Tensor` of shape `(batch, bands, height, width)`, `"np"` for a `np.ndarray`, `None`
+                for a list of `(bands, height, width)` tensors, which may differ in size when `do_resize=False`.
+            input_data_format (`str`, *optional*):
+                `"channels_first"` or `"channels_last"` for 3-D arrays and tensors. Inferred from `num_channels` when
+                unset; required when both the first and the last axis have `num_channels` entries.
+            kwargs:
+                Per-call values of `do_resize`, `size`, `resample`, `do_rescale`, `rescale_factor`, `offset`,
+                `do_normalize`, `image_mean` and `image_std`.
+
+        Returns:
+            [`BatchFeature`]: with `pixel_values`, float32.
+        """
+        unexpected = sorted(set(kwargs) - set(_PREPROCESS_OPTIONS))
+        if unexpected:
+            raise TypeError(
+                f"PeraImageProcessor.preprocess() got unexpected options {unexpected}; per-call options are "
+                f"{list(_PREPROCESS_OPTIONS)}."
+            )
+        if return_tensors not in (None, "pt", "np"):
+            raise ValueError(f"`return_tensors` must be 'pt', 'np' or None, got {return_tensors!r}.")
+        if input_data_format not in (None, "channels_first", "channels_last"):
+            raise ValueError(
+                f"`input_data_format` must be 'channels_first' or 'channels_last', got {input_data_format!r}."
+            )
+
+        options = {name: getattr(self, name) for name in self._valid_kwargs_names}
+        options.update({name: value for name, value in kwargs.items() if value is not None})
+        options = self._standardize_kwargs(**options)
+        self._validate_preprocess_kwargs(**options)
+
+        pixel_values = [
+            self._transform(self._to_channels_first(image, index, input_data_format), **options)
+            for index, image in enumerate(self._flatten_images(images))
+        ]
+        if return_tensors is not None:
+            shapes = {tuple(image.shape[1:]) for image in pixel_values}
+            if len(shapes) > 1:
+                raise ValueError(
+                    f"The images have different sizes {sorted(shapes)} and `do_resize` is False, so they cannot be "
+                    "stacked into one batch: set `do_resize=True`, resize them beforehand, or pass "
+                    "`return_tensors=None` to get a list."
+                )
+            pixel_values = torch.stack(pixel_values)
+        return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=return_tensors)
+
+    @staticmethod
+    def _flatten_images(images: Any) -> list:
+        """Returns the images as a flat list; lists and 4-D arrays or tensors are batches."""
+        batch = list(images) if isinstance(images, (list, tuple)) else [images]
+        flat = []
+        for image in batch:
+            if isinstance(image, (list, tuple)):
+                raise ValueError("Nested lists of images are not supported: pass one image or a flat list of images.")
+            if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 4:
+                flat.extend(image)
+            else:
+                flat.append(image)
+        if not flat:
+            raise ValueError("No images were given.")
+        return flat
+
+    def _to_channels_first(self, image: Any, index: int, input_data_format: str | None) -> torch.Tensor:
+        """Converts one image to a finite `(bands, height, width)` float32 tensor with `num_channels` bands."""
+        if isinstance(image, Image.Image):
+            image = self._pil_to_numpy(image, index)
+            # PIL stores the band axis last, whatever `input_data_format` says about arrays.
+            input_data_format = "channels_last"
+        if isinstance(image, np.ndarray):
+            if image.dtype.type not in _NUMPY_DTYPES:
+                raise ValueError(
+                    f"Image {index} has the unsupported dtype {image.dtype}; supported: "
+                    f"{', '.join(np.dtype(dtype).name for dtype in _NUMPY_DTYPES)}."
+                )
+            # A copy in numpy handles big-endian and non-contiguous arrays (e.g. from TIFF readers), and the output
+            # never aliases the caller's array, even when every step is switched off.
+            tensor = torch.from_numpy(np.array(image, dtype=np.float32, copy=True))
+        elif isinstance(image, torch.Tensor):
+            if image.dtype not in _TORCH_DTYPES:
+                raise ValueError(
+                    f"Image {index} has the unsupported dtype {image.dtype}; supported: "
+                    f"{', '.join(str(dtype) for dtype in _TORCH_DTYPES)}."
+                )
+            tensor = image.detach().to(device="cpu", dtype=torch.float32, copy=True)
+        else:
+            raise ValueError(
+                f"Image {index} is a {type(image).__name__}; expected a PIL image, a numpy array or a torch tensor "
+                "(read files with PIL.Image.open or modeling_pera.raster.read_raster first)."
+            )
+
+        tensor = self._move_bands_first(tensor, index, input_data_format)
+        if not torch.isfinite(tensor).all():
+            raise ValueError(
+                f"Image {index} contains NaN or infinite values; fill or mask them first (e.g. np.nan_to_num)."
+            )
+        return tensor
+
+    def _pil_to_numpy(self, image: Image.Image, index: int) -> np.ndarray:
+        """Reads the pixels of a PIL image, converting the modes that have no direct band meaning."""
+        mode = image.mode
+        if mode == "RGBA" and self.num_channels != 4:
+            image = image.convert("RGB")
+        elif mode in _PIL_MODE_CONVERSIONS:
+            image = image.convert(_PIL_MODE_CONVERSIONS[mode])
+        elif mode not in _PIL_READABLE_MODES:
+            raise ValueError(
+                f"Image {index} has the unsupported PIL mode {mode!r}; convert it first, e.g. image.convert('RGB')."
+            )
+        return np.asarray(image)
+
+    def _move_bands_first(self, image: torch.Tensor, index: int, input_data_format: str | None) -> torch.Tensor:
+        """Puts the band axis first, inferring it from `num_channels` when `input_data_format` is unset."""
+        expected = self.num_channels
+        names = f" ({', '.join(self.band_names)})" if self.band_names else ""
+        if image.ndim == 2:
+            image = image.unsqueeze(0)
+            input_data_format = "channels_first"
+        elif image.ndim != 3:
+            raise ValueError(
+                f"Image {index} has shape {tuple(image.shape)}; expected (height, width), (bands, height, width) or "
+                "(height, width, bands)."
+            )
+        if input_data_format is None:
+            first_matches = image.shape[0] == expected
+            last_matches = image.shape[-1] == expected
+            if first_matches and last_matches:
+                raise ValueError(
+                    f"Image {index} has shape {tuple(image.shape)}: both its first and last axes could hold the "
+                    f"{expected} bands. Pass input_data_format='channels_first' or input_data_format='channels_last'."
+                )
+            if first_matches or last_matches:
+                input_data_format = "channels_first" if first_matches else "channels_last"
+        if input_data_format == "channels_last":
+            image = image.permute(2, 0, 1)
+
+        if input_data_format is None or image.shape[0] != expected:
+            if input_data_format is None:
+                got = f"shape {tuple(image.shape)} with neither the first nor the last axis of size {expected}"
+                got_bands = min(image.shape[0], image.shape[-1])
+            else:
+                got = f"{image.shape[0]} bands (shape {tuple(image.shape)} read as {input_data_format})"
+                got_bands = image.shape[0]
+            suggestion = ""
+            if got_bands in _PRESET_FOR_BAND_COUNT:
+                suggestion = f" e.g. PeraImageProcessor.from_preset('{_PRESET_FOR_BAND_COUNT[got_bands]}'), or"
+            raise ValueError(
+                f"This processor expects {expected} bands{names} but image {index} has {got}. Use a processor "
+                f"configured for the image's bands:{suggestion} pass num_channels, image_mean and image_std (one "
+                f"value per band); or fix input_data_format if the band axis was misread."
+            )
+        return image
+
+    @staticmethod
+    def _transform(
+        image: torch.Tensor,
+        do_resize: bool,
+        size: Any,
+        resample: int,
+        do_rescale: bool,
+        rescale_factor: float,
+        offset: float,
+        do_normalize: bool,
+        image_mean: list[float],
+        image_std: list[float],
+        **kwargs,
+    ) -> torch.Tensor:
+        """Applies offset, rescaling, resizing and normalisation to one `(bands, height, width)` float32 tensor."""
+        if offset:
+            image = image - offset
+        if do_rescale:
+            image = image * rescale_factor
+        target_size = (size["height"], size["width"])
+        if do_resize and tuple(image.shape[1:]) != target_size:
+            downsampling = target_size[0] < image.shape[1] or target_size[1] < image.shape[2]
+            image = F.interpolate(
+                image.unsqueeze(0),
+                size=target_size,
+                mode=_TORCH_MODE_FOR_RESAMPLE[resample],
+                align_corners=False,
+                antialias=downsampling,
+            ).squeeze(0)
+        if do_normalize:
+            mean = torch.tensor(image_mean, dtype=torch.float32).view(-1, 1, 1)
+            std = torch.tensor(image_std, dtype=torch.float32).view(-1, 1, 1)
+            image = (image - mean) / std
+        return image
+
+
+__all__ = [
+    "PERA_PROCESSOR_PRESETS",
+    "PERA_RGB_MEAN",
+    "PERA_RGB_STD",
+    "RGBN_MEAN",
+    "RGBN_STD",
+    "SENTINEL2_L1C_BANDS",
+    "SENTINEL2_L1C_MEAN",
+    "SENTINEL2_L1C_STD",
+    "SENTINEL2_L2A_BANDS",
+    "SENTINEL2_L2A_MEAN",
+    "SENTINEL2_L2A_STD",
+    "SENTINEL2_WAVELENGTHS",
+    "PeraImageProcessor",
+    "PeraImageProcessorKwargs",
+]

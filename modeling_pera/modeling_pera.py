@@ -1,0 +1,756 @@
+# Copyright 2026 The modeling_pera authors. Licensed under the Apache License, Version 2.0.
+"""PyTorch PerA model: a plain ViT encoder pretrained by self-distillation on perfectly aligned sample pairs.
+
+PerA (Shen et al., "A Contrastive Learning Foundation Model Based on Perfectly Aligned Sample Pairs for Remote
+Sensing Images", arXiv 2505.19447) builds each student/teacher pair from ONE crop with two photometric views, and
+splits the crop's patches into disjoint random sets: the student sees S, the teacher sees T, and the student
+predicts the pixels of the rest (R), which it receives as mask tokens halfway through the network.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_pera import PeraConfig, pera_mask_counts
+
+
+def pera_mask_indices(
+    noise: torch.Tensor, student_ratio: float, teacher_ratio: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """
+    PerA's disjoint patch sets, drawn from `noise` of shape `(..., num_patches)` (uniform noise gives uniformly random
+    sets; the same noise gives the same sets).
+
+    The patches sorted by noise form one random permutation: its first `num_student` entries are the student's
+    visible set S, its last `num_teacher` the teacher's set T and the entries in between the predicted set R (see
+    [`pera_mask_counts`]). Every crop gets the same counts, so all shapes are static.
+
+    Returns:
+        `(student_index, predicted_index, teacher_index)`: patch indices of shape `(..., count)`, each sorted in
+        raster order.
+    """
+    counts = pera_mask_counts(noise.shape[-1], student_ratio, teacher_ratio)
+    permutation = torch.argsort(noise, dim=-1)
+    return tuple(index.sort(dim=-1).values for index in permutation.split(counts, dim=-1))
+
+
+def gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """`tokens[b, index[b, j]]` for tokens `(batch, length, dim)` and index `(batch, count)`."""
+    return torch.gather(tokens, 1, index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+
+
+def patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """`(batch, channels, height, width)` -> `(batch, num_patches, patch_size**2 * channels)`, patches in raster order
+    and each patch's values ordered (row, column, channel) as in transformers' ViTMAE."""
+    batch_size, num_channels, height, width = pixel_values.shape
+    grid_height, grid_width = height // patch_size, width // patch_size
+    patches = pixel_values.reshape(batch_size, num_channels, grid_height, patch_size, grid_width, patch_size)
+    patches = torch.einsum("bchpwq->bhwpqc", patches)
+    return patches.reshape(batch_size, grid_height * grid_width, patch_size**2 * num_channels)
+
+
+class PeraPatchEmbeddings(nn.Module):
+    """Turns `pixel_values` `(batch, num_channels, height, width)` into patch embeddings `(batch, num_patches, dim)`."""
+
+    def __init__(self, config: PeraConfig):
+        super().__init__()
+        self.patch_size = config.patch_size
+        self.num_channels = config.num_channels
+        self.num_patches = (config.image_size // config.patch_size) ** 2
+        self.projection = nn.Conv2d(
+            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if pixel_values.ndim != 4:
+            raise ValueError(
+                f"pixel_values must have shape (batch, channels, height, width), got {tuple(pixel_values.shape)}."
+            )
+        _, num_channels, height, width = pixel_values.shape
+        if num_channels != self.num_channels:
+            raise ValueError(
+                f"pixel_values has {num_channels} bands but the model expects {self.num_channels}; preprocess the "
+                "images with this model's image processor, or use a model configured with "
+                f"num_channels={num_channels}."
+            )
+        if height < self.patch_size or width < self.patch_size or height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"pixel_values of size {height}x{width} cannot be cut into {self.patch_size}x{self.patch_size} "
+                f"patches; resize or crop the images to a multiple of {self.patch_size} pixels."
+            )
+        pixel_values = pixel_values.to(self.projection.weight.dtype)
+        return self.projection(pixel_values).flatten(2).transpose(1, 2)
+
+
+class PeraEmbeddings(nn.Module):
+    """CLS token, mask token, learned absolute position embeddings and patch embeddings."""
+
+    def __init__(self, config: PeraConfig):
+        super().__init__()
+        self.config = config
+        self.patch_embeddings = PeraPatchEmbeddings(config)
+        self.cls_token = nn.Parameter(torch.empty(1, 1, config.hidden_size))
+        self.mask_token = nn.Parameter(torch.empty(1, 1, config.hidden_size))
+        self.position_embeddings = nn.Parameter(
+            torch.empty(1, self.patch_embeddings.num_patches + 1, config.hidden_size)
+        )
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def interpolate_pos_encoding(self, height: int, width: int) -> torch.Tensor:
+        """Position embeddings `(1, 1 + num_patches, dim)` for an image of `height` x `width` pixels."""
+        grid_height, grid_width = height // self.config.patch_size, width // self.config.patch_size
+        native_grid = int(self.patch_embeddings.num_patches**0.5)
+        if grid_height == native_grid and grid_width == native_grid:
+            return self.position_embeddings
+        class_position = self.position_embeddings[:, :1]
+        patch_positions = self.position_embeddings[:, 1:]
+        dim = patch_positions.shape[-1]
+        patch_positions = patch_positions.reshape(1, native_grid, native_grid, dim).permute(0, 3, 1, 2)
+        if self.config.position_embedding_interpolation == "reference":
+            # The reference code passes a scale factor with a +0.1 offset (the old DINO rule). PyTorch then samples
+            # the source grid at that scale, which differs slightly from resampling to `size`.
+            resize = {"scale_factor": ((grid_height + 0.1) / native_grid, (grid_width + 0.1) / native_grid)}
+        else:
+            resize = {"size": (grid_height, grid_width)}
+        # bicubic resampling in half precision shifts the embeddings: interpolate in float32
+        patch_positions = F.interpolate(
+            patch_positions.to(torch.float32), mode="bicubic", align_corners=False, **resize
+        ).to(self.position_embeddings.dtype)
+        patch_positions = patch_positions.permute(0, 2, 3, 1).reshape(1, grid_height * grid_width, dim)
+        return torch.cat((class_position, patch_positions), dim=1)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        visible_patch_index: torch.Tensor | None = None,
+        masked_patch_index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """
+        Returns the input sequence `(batch, 1 + num_visible, dim)` (CLS, then the visible patches, all with their
+        position embeddings) and, when `masked_patch_index` is given, the mask-token embeddings
+        `(batch, num_masked, dim)` (mask token + the position embedding of each masked patch).
+        """
+        batch_size, _, height, width = pixel_values.shape
+        patch_embeddings = self.patch_embeddings(pixel_values)  # validates the input first
+        position_embeddings = self.interpolate_pos_encoding(height, width)
+        patch_positions = position_embeddings[:, 1:].expand(batch_size, -1, -1)
+        patch_embeddings = patch_embeddings + patch_positions
+        if visible_patch_index is not None:
+            patch_embeddings = gather_tokens(patch_embeddings, visible_patch_index)
+        cls_embeddings = (self.cls_token + position_embeddings[:, :1]).expand(batch_size, -1, -1)
+        embeddings = self.dropout(torch.cat((cls_embeddings, patch_embeddings), dim=1))
+        mask_embeddings = None
+        if masked_patch_index is not None:
+            mask_embeddings = self.mask_token + gather_tokens(patch_positions, masked_patch_index)
+        return embeddings, mask_embeddings
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs: Unpack[TransformersKwargs],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = F.softmax(attn_weights, dim=-1)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class PeraAttention(nn.Module):
+    """Multi-head self-attention over one sequence per crop (crops never attend to each other)."""
+
+    def __init__(self, config: PeraConfig):
+        super().__init__()
+        self.config = config
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_probs_dropout_prob
+        self.is_causal = False
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(
+        self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        hidden_shape = (*hidden_states.shape[:-1], -1, self.head_dim)
+        query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            None,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attn_output = self.o_proj(attn_output.reshape(*hidden_states.shape[:-1], -1).contiguous())
+        return attn_output, attn_weights
+
+
+class PeraMLP(nn.Module):
+    def __init__(self, config: PeraConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.activation_fn = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.fc2(self.activation_fn(self.fc1(hidden_states))))
+
+
+class PeraDropPath(nn.Module):
+    """Stochastic depth per sample: drops the whole residual branch of a sample with probability `drop_prob`."""
+
+    def __init__(self, drop_prob: float):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return hidden_states
+        keep_prob = 1 - self.drop_prob
+        shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+        keep = torch.empty(shape, dtype=hidden_states.dtype, device=hidden_states.device).bernoulli_(keep_prob)
+        return hidden_states * keep / keep_prob
+
+    def extra_repr(self) -> str:
+        return f"p={self.drop_prob}"
+
+
+class PeraLayer(GradientCheckpointingLayer):
+    """A pre-norm transformer block (the reference's `Block`): no LayerScale, no registers."""
+
+    def __init__(self, config: PeraConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = PeraAttention(config)
+        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = PeraMLP(config)
+        self.drop_path = PeraDropPath(config.drop_path_rate)
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> torch.Tensor:
+        attention_output, _ = self.attention(self.norm1(hidden_states), **kwargs)
+        hidden_states = hidden_states + self.drop_path(attention_output)
+        return hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
+
+
+class PeraWeightNormLinear(nn.Module):
+    """A bias-free linear layer with weight normalisation: row i of the weight is `g_i * v_i / ||v_i||`."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.weight_g = nn.Parameter(torch.empty(out_features, 1))
+        self.weight_v = nn.Parameter(torch.empty(out_features, in_features))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        # Scaling the outputs avoids materialising the normalised weight (131072 x 384 for the DINO head).
+        scale = self.weight_g.squeeze(-1) / torch.linalg.vector_norm(self.weight_v, dim=1)
+        return F.linear(hidden_states, self.weight_v) * scale.to(hidden_states.dtype)
+
+
+class PeraHead(nn.Module):
+    """
+    The reference's projection head: MLP (dim -> hidden -> hidden -> bottleneck, GELU), L2 normalisation, then a
+    weight-normalised linear layer. With `num_prototypes` outputs it is the DINO head; with `patch_size**2 *
+    num_channels` outputs it is the pixel head.
+    """
+
+    def __init__(self, config: PeraConfig, output_size: int):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(config.hidden_size, config.head_hidden_size),
+            nn.GELU(),
+            nn.Linear(config.head_hidden_size, config.head_hidden_size),
+            nn.GELU(),
+            nn.Linear(config.head_hidden_size, config.head_bottleneck_size),
+        )
+        self.last_layer = PeraWeightNormLinear(config.head_bottleneck_size, output_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.mlp(hidden_states)
+        # eps large enough to be safe in half precision, as in DINOv2
+        hidden_states = F.normalize(hidden_states, dim=-1, eps=1e-6)
+        return self.last_layer(hidden_states)
+
+
+class PeraPreTrainedModel(PreTrainedModel):
+    config: PeraConfig
+    # The pretraining model keeps its TEACHER encoder under this name: downstream code loading a pretraining
+    # checkpoint with `AutoModel` gets the teacher.
+    base_model_prefix = "pera"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["PeraEmbeddings", "PeraLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_record_outputs = {
+        "hidden_states": PeraLayer,
+        "attentions": PeraAttention,
+    }
+    _input_embed_layer = "patch_embeddings"
+    # Loading an encoder from a pretraining checkpoint silently leaves out the student and the heads.
+    _keys_to_ignore_on_load_unexpected = [r"^student\.", r"^(student|teacher)_dino_head\.", r"^pixel_head\.", r"^center$"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, PeraEmbeddings):
+            init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
+            init.normal_(module.cls_token, mean=0.0, std=1e-6)
+            init.normal_(module.mask_token, mean=0.0, std=std)
+        elif isinstance(module, PeraWeightNormLinear):
+            init.trunc_normal_(module.weight_v, mean=0.0, std=std)
+            init.ones_(module.weight_g)
+        elif isinstance(module, PeraForPreTraining):
+            init.zeros_(module.center)
+            # The teacher starts as a copy of the student. Children are initialised before their parent, so the copy
+            # happens here; a tensor loaded from a checkpoint is never overwritten, and a checkpoint holding only one
+            # side (an exported encoder, converted weights) initialises the other side.
+            for teacher_tensor, student_tensor in zip(*module._paired_parameters(with_mask_token=True)):
+                if getattr(teacher_tensor, "_is_hf_initialized", False):
+                    init.copy_(student_tensor, teacher_tensor)
+                else:
+                    init.copy_(teacher_tensor, student_tensor)
+
+
+class PeraModel(PeraPreTrainedModel):
+    """
+    The PerA encoder, a plain pre-norm ViT: patch embedding, learned position embeddings (interpolated for other
+    image sizes), `num_hidden_layers` blocks and a final LayerNorm. The pooled output is the normalised CLS token.
+    """
+
+    def __init__(self, config: PeraConfig):
+        super().__init__(config)
+        self.embeddings = PeraEmbeddings(config)
+        self.layers = nn.ModuleList([PeraLayer(config) for _ in range(config.num_hidden_layers)])
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> PeraPatchEmbeddings:
+        return self.embeddings.patch_embeddings
+
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.BoolTensor | None = None,
+        visible_patch_index: torch.LongTensor | None = None,
+        masked_patch_index: torch.LongTensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPooling:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Images of any size divisible by the patch size (position embeddings are interpolated).
+        bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*):
+            Patches to mask, PerA style: they are left out of the first `config.mask_token_layer` blocks and join the
+            sequence there as mask token + position embedding. Every image must mask the same number of patches.
+            The output keeps raster order.
+        visible_patch_index (`torch.LongTensor` of shape `(batch_size, num_visible)`, *optional*):
+            Sparse input, as in pretraining: only these patches enter the first block (all patches when not given).
+        masked_patch_index (`torch.LongTensor` of shape `(batch_size, num_masked)`, *optional*):
+            Patches that join as mask tokens before block `config.mask_token_layer`. With patch indices the output
+            sequence is CLS, the visible patches, then the masked patches, in the order of the indices.
+
+        Example:
+
+        ```python
+        >>> import torch
+        >>> from modeling_pera import PeraConfig, PeraModel
+
+        >>> model = PeraModel(PeraConfig.from_preset("vit-tiny", image_size=224))
+        >>> outputs = model(torch.randn(2, 3, 224, 224))
+        >>> outputs.last_hidden_state.shape
+        torch.Size([2, 197, 192])
+        ```"""
+        restore_order = None
+        if bool_masked_pos is not None:
+            if visible_patch_index is not None or masked_patch_index is not None:
+                raise ValueError("Pass either bool_masked_pos or patch indices, not both.")
+            visible_patch_index, masked_patch_index = self._masked_pos_to_indices(bool_masked_pos, pixel_values)
+            restore_order = torch.argsort(torch.cat((visible_patch_index, masked_patch_index), dim=1), dim=1)
+
+        hidden_states, mask_embeddings = self.embeddings(pixel_values, visible_patch_index, masked_patch_index)
+        for layer_index, layer in enumerate(self.layers):
+            if mask_embeddings is not None and layer_index == self.config.mask_token_layer:
+                hidden_states = torch.cat((hidden_states, mask_embeddings), dim=1)
+            hidden_states = layer(hidden_states, **kwargs)
+        sequence_output = self.layernorm(hidden_states)
+
+        if restore_order is not None:
+            patch_output = gather_tokens(sequence_output[:, 1:], restore_order)
+            sequence_output = torch.cat((sequence_output[:, :1], patch_output), dim=1)
+        return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=sequence_output[:, 0])
+
+    def _masked_pos_to_indices(
+        self, bool_masked_pos: torch.Tensor, pixel_values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        batch_size, _, height, width = pixel_values.shape
+        num_patches = (height // self.config.patch_size) * (width // self.config.patch_size)
+        if bool_masked_pos.shape != (batch_size, num_patches):
+            raise ValueError(
+                f"bool_masked_pos must have shape (batch_size, num_patches) = ({batch_size}, {num_patches}), got "
+                f"{tuple(bool_masked_pos.shape)}."
+            )
+        num_masked = bool_masked_pos.sum(dim=1)
+        if bool(torch.any(num_masked != num_masked[0])):
+            raise ValueError("bool_masked_pos must mask the same number of patches in every image of the batch.")
+        # a stable sort puts the visible patches first, each group in raster order
+        order = torch.argsort(bool_masked_pos.to(torch.int8), dim=1, stable=True)
+        num_visible = num_patches - int(num_masked[0])
+        return order[:, :num_visible], order[:, num_visible:]
+
+
+@dataclass
+class PeraForPreTrainingOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`):
+        `dino_loss_weight * dino_loss + koleo_loss_weight * koleo_loss + pixel_loss_weight * pixel_loss`.
+    dino_loss (`torch.FloatTensor` of shape `()`):
+        Cross-entropy between the teacher's centred, sharpened prototype distribution and the student's, over the
+        aligned pairs only (global crop i against global crop i, local crop j against local crop j).
+    koleo_loss (`torch.FloatTensor` of shape `()`):
+        KoLeo regulariser on the student's DINO-head outputs, per global crop, summed over global crops.
+    pixel_loss (`torch.FloatTensor` of shape `()`):
+        Squared error summed over a patch's values, averaged over the predicted (R) patches of the global crops.
+    teacher_entropy (`torch.FloatTensor` of shape `()`):
+        Mean entropy of the teacher's target distributions (nats); collapse shows as 0 or `log(num_prototypes)`.
+    center_norm (`torch.FloatTensor` of shape `()`):
+        L2 norm of the DINO centre used for this step's targets.
+    predicted_pixels (`torch.FloatTensor` of shape `(num_global_crops, batch_size, num_predicted, patch_size**2 * num_channels)`):
+        The student's pixel predictions for the R patches of the global crops, in the layout of [`patchify`].
+    student_patch_index (`torch.LongTensor` of shape `(num_global_crops, batch_size, num_student)`):
+        Patches of each global crop the student saw (S).
+    predicted_patch_index (`torch.LongTensor` of shape `(num_global_crops, batch_size, num_predicted)`):
+        Patches of each global crop the student predicted (R), in the order of `predicted_pixels`.
+    teacher_patch_index (`torch.LongTensor` of shape `(num_global_crops, batch_size, num_teacher)`):
+        Patches of each global crop the teacher saw (T).
+    """
+
+    loss: torch.FloatTensor | None = None
+    dino_loss: torch.FloatTensor | None = None
+    koleo_loss: torch.FloatTensor | None = None
+    pixel_loss: torch.FloatTensor | None = None
+    teacher_entropy: torch.FloatTensor | None = None
+    center_norm: torch.FloatTensor | None = None
+    predicted_pixels: torch.FloatTensor | None = None
+    student_patch_index: torch.LongTensor | None = None
+    predicted_patch_index: torch.LongTensor | None = None
+    teacher_patch_index: torch.LongTensor | None = None
+
+
+def koleo_loss(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """
+    KoLeo regulariser `-mean(log(distance to nearest neighbour))` of L2-normalised `features` `(groups, batch, dim)`,
+    computed within each group and summed over groups.
+    """
+    features = F.normalize(features.float(), dim=-1, eps=eps)
+    with torch.no_grad():
+        similarities = features @ features.transpose(1, 2)
+        similarities.diagonal(dim1=1, dim2=2).fill_(-2.0)
+        nearest = similarities.argmax(dim=-1)
+    distances = torch.linalg.vector_norm(features - gather_tokens(features, nearest) + eps, dim=-1)
+    return -torch.log(distances + eps).mean(dim=1).sum()
+
+
+class PeraForPreTraining(PeraPreTrainedModel):
+    """
+    PerA pretraining: a student encoder and DINO head trained by gradient, their EMA copies (the teacher, stored as
+    the base model `pera`), the student's pixel head and mask token, and the DINO centre (a buffer, saved with the
+    weights so that a resumed run continues with it).
+    """
+
+    def __init__(self, config: PeraConfig):
+        super().__init__(config)
+        self.student = PeraModel(config)
+        self.student_dino_head = PeraHead(config, config.num_prototypes)
+        self.pixel_head = PeraHead(config, config.patch_size**2 * config.num_channels)
+        self.pera = PeraModel(config)
+        self.teacher_dino_head = PeraHead(config, config.num_prototypes)
+        self.register_buffer("center", torch.zeros(1, config.num_prototypes))
+        self._freeze_teacher()
+        self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs) -> "PeraForPreTraining":
+        model = super().from_pretrained(*args, **kwargs)
+        # loading replaces the parameters, and the new ones require gradients
+        model._freeze_teacher()
+        return model
+
+    def _freeze_teacher(self) -> None:
+        """The teacher only ever changes by `update_teacher`."""
+        self.pera.requires_grad_(False)
+        self.teacher_dino_head.requires_grad_(False)
+
+    @property
+    def teacher(self) -> PeraModel:
+        """The teacher encoder: the EMA of the student, and the network downstream code uses."""
+        return self.pera
+
+    def train(self, mode: bool = True) -> "PeraForPreTraining":
+        super().train(mode)
+        # The teacher never drops paths or units.
+        self.pera.eval()
+        self.teacher_dino_head.eval()
+        return self
+
+    def _paired_parameters(self, with_mask_token: bool) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """Matching lists of teacher and student parameters: backbone and DINO head."""
+        teacher, student = [], []
+        for teacher_module, student_module in ((self.pera, self.student), (self.teacher_dino_head, self.student_dino_head)):
+            student_parameters = dict(student_module.named_parameters())
+            for name, parameter in teacher_module.named_parameters():
+                if with_mask_token or name != "embeddings.mask_token":
+                    teacher.append(parameter)
+                    student.append(student_parameters[name])
+        return teacher, student
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """
+        EMA step `teacher = momentum * teacher + (1 - momentum) * student` over the backbone and the DINO head; call it
+        after each optimizer step. The teacher also takes the student's mask token verbatim (it never uses it in
+        pretraining), so that the exported encoder supports `bool_masked_pos`.
+        """
+        teacher, student = self._paired_parameters(with_mask_token=False)
+        torch._foreach_lerp_(teacher, student, 1.0 - momentum)
+        self.pera.embeddings.mask_token.copy_(self.student.embeddings.mask_token)
+
+    @torch.no_grad()
+    def _update_center(self, teacher_logits: torch.Tensor) -> None:
+        """EMA of the mean teacher logits over all views of all processes; used from the next step on."""
+        batch_center = teacher_logits.float().mean(dim=0, keepdim=True)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(batch_center)
+            batch_center /= dist.get_world_size()
+        self.center.lerp_(batch_center, 1.0 - self.config.center_momentum)
+
+    def _draw_masks(
+        self, noise: torch.Tensor | None, pixel_values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        num_crops, batch_size, _, height, width = pixel_values.shape
+        num_patches = (height // self.config.patch_size) * (width // self.config.patch_size)
+        if noise is None:
+            noise = torch.rand(num_crops, batch_size, num_patches, device=pixel_values.device)
+        elif noise.shape != (num_crops, batch_size, num_patches):
+            raise ValueError(
+                f"noise must have shape (num_crops, batch_size, num_patches) = ({num_crops}, {batch_size}, "
+                f"{num_patches}), got {tuple(noise.shape)}."
+            )
+        return pera_mask_indices(noise, self.config.student_ratio, self.config.teacher_ratio)
+
+    @can_return_tuple
+    def forward(
+        self,
+        student_global_pixel_values: torch.Tensor,
+        teacher_global_pixel_values: torch.Tensor,
+        student_local_pixel_values: torch.Tensor | None = None,
+        teacher_local_pixel_values: torch.Tensor | None = None,
+        global_noise: torch.Tensor | None = None,
+        local_noise: torch.Tensor | None = None,
+        teacher_temperature: float | torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> PeraForPreTrainingOutput:
+        r"""
+        student_global_pixel_values (`torch.FloatTensor` of shape `(num_global_crops, batch_size, num_channels, height, width)`):
+            The student's (strongly augmented) view of each global crop, crop-major.
+        teacher_global_pixel_values (`torch.FloatTensor` of the same shape):
+            The teacher's (weakly augmented) view of the same crops: same pixels and geometry, other photometry.
+        student_local_pixel_values (`torch.FloatTensor` of shape `(num_local_crops, batch_size, num_channels, local_height, local_width)`, *optional*):
+            The student's view of each local crop.
+        teacher_local_pixel_values (`torch.FloatTensor` of the same shape, *optional*):
+            The teacher's view of the same local crops.
+        global_noise (`torch.FloatTensor` of shape `(num_global_crops, batch_size, num_patches)`, *optional*):
+            Noise the S/R/T sets of the global crops are drawn from (see [`pera_mask_indices`]); drawn uniformly when
+            not given. Pass it for reproducible steps.
+        local_noise (`torch.FloatTensor` of shape `(num_local_crops, batch_size, num_local_patches)`, *optional*):
+            The same for the local crops (whose R is dropped).
+        teacher_temperature (`float` or `torch.Tensor`, *optional*):
+            Sharpening temperature of the teacher targets (scheduled in pretraining); `config.teacher_temperature` when
+            not given.
+
+        In training mode, the call also moves the DINO centre with this step's teacher outputs (the targets of this
+        step use the centre of the previous steps).
+        """
+        if student_global_pixel_values.ndim != 5 or student_global_pixel_values.shape != teacher_global_pixel_values.shape:
+            raise ValueError(
+                "student_global_pixel_values and teacher_global_pixel_values must both have shape (num_global_crops, "
+                f"batch_size, channels, height, width); got {tuple(student_global_pixel_values.shape)} and "
+                f"{tuple(teacher_global_pixel_values.shape)}."
+            )
+        has_local_crops = student_local_pixel_values is not None
+        if has_local_crops and (
+            teacher_local_pixel_values is None
+            or student_local_pixel_values.ndim != 5
+            or student_local_pixel_values.shape != teacher_local_pixel_values.shape
+            or student_local_pixel_values.shape[1] != student_global_pixel_values.shape[1]
+        ):
+            raise ValueError(
+                "student_local_pixel_values and teacher_local_pixel_values must both be given, with shape "
+                "(num_local_crops, batch_size, channels, height, width) and the batch size of the global crops."
+            )
+        if teacher_temperature is None:
+            teacher_temperature = self.config.teacher_temperature
+        num_global_crops, batch_size = student_global_pixel_values.shape[:2]
+
+        global_student_index, global_predicted_index, global_teacher_index = self._draw_masks(
+            global_noise, student_global_pixel_values
+        )
+        crops = [(student_global_pixel_values, teacher_global_pixel_values, global_student_index, global_teacher_index)]
+        if has_local_crops:
+            local_student_index, _, local_teacher_index = self._draw_masks(local_noise, student_local_pixel_values)
+            crops.append((student_local_pixel_values, teacher_local_pixel_values, local_student_index, local_teacher_index))
+
+        # Teacher: CLS + T of every crop. Crop sizes differ, so global and local crops are separate sequences.
+        with torch.no_grad():
+            teacher_cls = [
+                self.pera(teacher_view.flatten(0, 1), visible_patch_index=teacher_index.flatten(0, 1)).pooler_output
+                for _, teacher_view, _, teacher_index in crops
+            ]
+            teacher_logits = self.teacher_dino_head(torch.cat(teacher_cls))
+            teacher_log_probs = F.log_softmax((teacher_logits.float() - self.center) / teacher_temperature, dim=-1)
+            teacher_probs = teacher_log_probs.exp()
+            teacher_entropy = -(teacher_probs * teacher_log_probs).sum(dim=-1).mean()
+            center_norm = torch.linalg.vector_norm(self.center)
+
+        # Student: CLS + S, and for global crops the mask tokens of R joining before `mask_token_layer`; they come
+        # last in the output sequence.
+        global_output = self.student(
+            student_global_pixel_values.flatten(0, 1),
+            visible_patch_index=global_student_index.flatten(0, 1),
+            masked_patch_index=global_predicted_index.flatten(0, 1),
+        )
+        student_cls = [global_output.pooler_output]
+        if has_local_crops:
+            local_output = self.student(
+                student_local_pixel_values.flatten(0, 1), visible_patch_index=local_student_index.flatten(0, 1)
+            )
+            student_cls.append(local_output.pooler_output)
+        student_logits = self.student_dino_head(torch.cat(student_cls))
+
+        # Rows of student and teacher logits are the same (crop, image) pairs: the loss only compares aligned pairs.
+        student_log_probs = F.log_softmax(student_logits.float() / self.config.student_temperature, dim=-1)
+        dino_loss = -(teacher_probs * student_log_probs).sum(dim=-1).mean()
+
+        global_logits = student_logits[: num_global_crops * batch_size]
+        koleo = koleo_loss(global_logits.view(num_global_crops, batch_size, -1))
+        if batch_size < 2:  # no nearest neighbour to keep away from
+            koleo = koleo * 0.0
+
+        num_predicted = global_predicted_index.shape[-1]
+        predicted_pixels = self.pixel_head(global_output.last_hidden_state[:, global_output.last_hidden_state.shape[1] - num_predicted :])
+        target_pixels = gather_tokens(
+            patchify(student_global_pixel_values.flatten(0, 1), self.config.patch_size),
+            global_predicted_index.flatten(0, 1),
+        )
+        if num_predicted > 0:
+            pixel_loss = (predicted_pixels.float() - target_pixels.float()).pow(2).sum(dim=-1).mean()
+        else:
+            pixel_loss = predicted_pixels.sum() * 0.0
+
+        loss = (
+            self.config.dino_loss_weight * dino_loss
+            + self.config.koleo_loss_weight * koleo
+            + self.config.pixel_loss_weight * pixel_loss
+        )
+        if self.training:
+            self._update_center(teacher_logits)
+
+        return PeraForPreTrainingOutput(
+            loss=loss,
+            dino_loss=dino_loss,
+            koleo_loss=koleo,
+            pixel_loss=pixel_loss,
+            teacher_entropy=teacher_entropy,
+            center_norm=center_norm,
+            predicted_pixels=predicted_pixels.view(num_global_crops, batch_size, num_predicted, -1),
+            student_patch_index=global_student_index,
+            predicted_patch_index=global_predicted_index,
+            teacher_patch_index=global_teacher_index,
+        )
+
+
+class PeraForImageClassification(PeraPreTrainedModel):
+    """PerA encoder with a linear classifier on the final CLS token concatenated with the mean patch token."""
+
+    def __init__(self, config: PeraConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.pera = PeraModel(config)
+        self.classifier = (
+            nn.Linear(2 * config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        )
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.LongTensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> ImageClassifierOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Class indices for the classification loss (cross-entropy; mean-squared error when `num_labels == 1`).
+        """
+        outputs: BaseModelOutputWithPooling = self.pera(pixel_values, **kwargs)
+        sequence_output = outputs.last_hidden_state
+        features = torch.cat((sequence_output[:, 0], sequence_output[:, 1:].mean(dim=1)), dim=-1)
+        logits = self.classifier(features)
+        loss = self.loss_function(labels, logits, self.config, **kwargs) if labels is not None else None
+        return ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+__all__ = [
+    "PeraForImageClassification",
+    "PeraForPreTraining",
+    "PeraForPreTrainingOutput",
+    "PeraModel",
+    "PeraPreTrainedModel",
+    "koleo_loss",
+    "patchify",
+    "pera_mask_indices",
+]

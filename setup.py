@@ -1,0 +1,35 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="modeling_pera",
+    version="0.1.0",
+    description="PerA (perfectly aligned sample pairs) self-supervised remote-sensing foundation model for transformers",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["modeling_pera", "modeling_pera.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "transformers>=5.23,<6",
+        "torch>=2.6",
+        "torchvision",
+        "accelerate",
+        "datasets",
+        "safetensors",
+        "evaluate",
+        "numpy",
+        "pillow",
+        # GeoTIFF and single-band-per-file archives (BigEarthNet) without a GDAL install
+        "tifffile",
+        "tqdm",
+    ],
+    extras_require={
+        "dev": [
+            "pytest",
+            "pytest-timeout",
+            # transformers' common model tests (fetched at test time) need it
+            "parameterized",
+            "tensorboard",
+            "scikit-learn",
+        ],
+    },
+)

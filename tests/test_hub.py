@@ -1,0 +1,98 @@
+"""Hub sharing: a saved folder carries the code files and the full auto_map, and loads with trust_remote_code in a fresh
+process where `modeling_pera` cannot be imported, offline."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import torch
+
+from modeling_pera import PeraConfig, PeraForPreTraining, PeraImageProcessor
+from modeling_pera.configuration_pera import PERA_AUTO_MAP
+
+
+HUB_FILES = ("configuration_pera.py", "modeling_pera.py", "image_processing_pera.py")
+
+
+def save_checkpoint(directory):
+    config = PeraConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+        local_crop_size=16,
+        head_hidden_size=32,
+        head_bottleneck_size=16,
+        num_prototypes=64,
+        num_labels=3,
+    )
+    model = PeraForPreTraining(config).eval()
+    with torch.no_grad():
+        for parameter in model.student.parameters():
+            parameter.add_(1.0)  # the student differs from the teacher
+    processor = PeraImageProcessor(size={"height": 32, "width": 32})
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return model, processor
+
+
+def test_saved_folder_has_code_files_and_full_auto_map(tmp_path):
+    save_checkpoint(tmp_path)
+    for name in HUB_FILES:
+        assert (tmp_path / name).is_file(), name
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "pera"
+    assert config["auto_map"] == PERA_AUTO_MAP
+    processor_config = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert processor_config["auto_map"] == {"AutoImageProcessor": "image_processing_pera.PeraImageProcessor"}
+
+
+def test_remote_code_loads_offline_without_the_package(tmp_path):
+    model, processor = save_checkpoint(tmp_path / "checkpoint")
+    image = (torch.rand(40, 40, 3) * 255).to(torch.uint8).numpy()
+    pixel_values = processor(image, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected = model.pera(pixel_values).last_hidden_state
+    torch.save({"image": torch.from_numpy(image), "expected": expected}, tmp_path / "expected.pt")
+
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["modeling_pera"] = None  # make the installed package unimportable
+        import torch
+        from transformers import (AutoImageProcessor, AutoModel, AutoModelForImageClassification,
+                                  AutoModelForPreTraining)
+
+        checkpoint, reference = sys.argv[1], torch.load(sys.argv[2])
+        processor = AutoImageProcessor.from_pretrained(checkpoint, trust_remote_code=True)
+        encoder = AutoModel.from_pretrained(checkpoint, trust_remote_code=True)
+        assert type(encoder).__name__ == "PeraModel", type(encoder)
+        assert type(encoder).__module__.startswith("transformers_modules"), type(encoder).__module__
+        pixel_values = processor(reference["image"].numpy(), return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            output = encoder(pixel_values).last_hidden_state
+        torch.testing.assert_close(output, reference["expected"], rtol=0, atol=0)
+        pretraining = AutoModelForPreTraining.from_pretrained(checkpoint, trust_remote_code=True)
+        assert type(pretraining).__name__ == "PeraForPreTraining"
+        classifier = AutoModelForImageClassification.from_pretrained(checkpoint, trust_remote_code=True)
+        assert classifier(pixel_values).logits.shape == (1, 3)
+        print("remote code OK")
+        """
+    )
+    environment = {
+        key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "HF_HOME", "HF_MODULES_CACHE")
+    }
+    environment.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), TRANSFORMERS_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "checkpoint"), str(tmp_path / "expected.pt")],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "remote code OK" in result.stdout
