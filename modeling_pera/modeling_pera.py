@@ -327,6 +327,16 @@ class PeraPreTrainedModel(PreTrainedModel):
     # Loading an encoder from a pretraining checkpoint silently leaves out the student and the heads.
     _keys_to_ignore_on_load_unexpected = [r"^student\.", r"^(student|teacher)_dino_head\.", r"^pixel_head\.", r"^center$"]
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        # loading replaces the parameters, and the new ones require gradients
+        (loaded[0] if isinstance(loaded, tuple) else loaded)._freeze_untrained_parameters()  # tuple: with loading info
+        return loaded
+
+    def _freeze_untrained_parameters(self) -> None:
+        """Sets `requires_grad=False` on the parameters this model never trains (called at construction and load)."""
+
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         std = self.config.initializer_range
@@ -508,17 +518,10 @@ class PeraForPreTraining(PeraPreTrainedModel):
         self.pera = PeraModel(config)
         self.teacher_dino_head = PeraHead(config, config.num_prototypes)
         self.register_buffer("center", torch.zeros(1, config.num_prototypes))
-        self._freeze_teacher()
+        self._freeze_untrained_parameters()
         self.post_init()
 
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs) -> "PeraForPreTraining":
-        model = super().from_pretrained(*args, **kwargs)
-        # loading replaces the parameters, and the new ones require gradients
-        model._freeze_teacher()
-        return model
-
-    def _freeze_teacher(self) -> None:
+    def _freeze_untrained_parameters(self) -> None:
         """The teacher only ever changes by `update_teacher`."""
         self.pera.requires_grad_(False)
         self.teacher_dino_head.requires_grad_(False)
@@ -721,7 +724,12 @@ class PeraForImageClassification(PeraPreTrainedModel):
         self.classifier = (
             nn.Linear(2 * config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
         )
+        self._freeze_untrained_parameters()
         self.post_init()
+
+    def _freeze_untrained_parameters(self) -> None:
+        # Only `bool_masked_pos` uses the mask token; a trainable parameter without gradient breaks DDP fine-tuning.
+        self.pera.embeddings.mask_token.requires_grad_(False)
 
     @can_return_tuple
     def forward(

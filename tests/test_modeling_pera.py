@@ -446,3 +446,13 @@ def test_bool_masked_pos_matches_index_inputs_and_keeps_raster_order():
     for image in range(2):
         for position, patch in enumerate(order[image].tolist()):
             torch.testing.assert_close(outputs.last_hidden_state[image, 1 + patch], by_index.last_hidden_state[image, 1 + position])
+
+
+def test_classifier_mask_token_stays_frozen_after_loading(tmp_path):
+    from modeling_pera import PeraForImageClassification
+
+    classifier = PeraForImageClassification(tiny_config(num_labels=4))
+    classifier.save_pretrained(tmp_path)
+    for model in (classifier, PeraForImageClassification.from_pretrained(tmp_path)):
+        assert not model.pera.embeddings.mask_token.requires_grad
+        assert model.pera.embeddings.patch_embeddings.projection.weight.requires_grad
