@@ -803,6 +803,9 @@ def make_pretraining_dataloader(
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         drop_last=drop_last,
         persistent_workers=num_workers > 0,
+        # Starting workers draws their base seed from this generator instead of the global RNG, so the global RNG
+        # (dropout, drop path) is the same whether a run starts the loader before or after restoring a checkpoint.
+        generator=torch.Generator().manual_seed(seed),
     )
 
 

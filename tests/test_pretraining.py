@@ -1,0 +1,199 @@
+"""The pretraining job end to end: schedules, parameter groups, the script on real and multispectral images, the
+exported encoder, exact resume, and a 2-process run."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from modeling_pera import PeraConfig, PeraForPreTraining
+from modeling_pera.schedules import PretrainingSchedule
+from modeling_pera.training import PretrainingArguments, parse_config_overrides, pretrain, student_parameter_groups
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_MODEL = (
+    "hidden_size=32,num_hidden_layers=2,num_attention_heads=4,image_size=32,patch_size=8,local_crop_size=16,"
+    "num_local_crops=2,head_hidden_size=32,head_bottleneck_size=16,num_prototypes=64"
+)
+
+
+def tiny_arguments(train_dir, output_dir, **overrides) -> PretrainingArguments:
+    settings = dict(
+        train_dir=str(train_dir),
+        output_dir=str(output_dir),
+        config_overrides=TINY_MODEL,
+        per_device_train_batch_size=4,
+        max_train_steps=4,
+        logging_steps=1,
+        dataloader_num_workers=0,
+        seed=3,
+    )
+    settings.update(overrides)
+    return PretrainingArguments(**settings)
+
+
+def write_rgb_images(folder: Path, count: int = 12) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = np.random.default_rng(0)
+    for index in range(count):
+        pixels = generator.integers(0, 256, (40 + index, 48, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"tile_{index:02d}.png")
+    return folder
+
+
+def load_encoder_without_package(encoder_dir: Path, num_channels: int) -> str:
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["modeling_pera"] = None
+        import torch
+        from transformers import AutoImageProcessor, AutoModel
+        encoder = AutoModel.from_pretrained({str(encoder_dir)!r}, trust_remote_code=True)
+        processor = AutoImageProcessor.from_pretrained({str(encoder_dir)!r}, trust_remote_code=True)
+        image = torch.randint(0, 256, ({num_channels}, 40, 40), dtype=torch.uint8).numpy()
+        features = encoder(**processor(image, input_data_format="channels_first", return_tensors="pt")).pooler_output
+        print(type(encoder).__name__, tuple(features.shape))
+        """
+    )
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    environment.update(HF_HUB_OFFLINE="1", HF_HOME=str(encoder_dir.parent / "hf_home"))
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=encoder_dir.parent, env=environment, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_schedules_follow_the_reference_shapes():
+    schedule = PretrainingSchedule(total_steps=200)
+    start, warm, end = schedule.at(0), schedule.at(20), schedule.at(200)
+    assert start.learning_rate == 0 and warm.learning_rate == pytest.approx(1e-3) and end.learning_rate == pytest.approx(1e-6)
+    assert start.weight_decay == pytest.approx(0.04) and end.weight_decay == pytest.approx(0.2)
+    assert start.momentum == pytest.approx(0.992) and end.momentum == pytest.approx(1.0)
+    assert start.teacher_temperature == pytest.approx(0.03)
+    assert schedule.at(15).teacher_temperature == pytest.approx(0.04)
+    assert schedule.at(30).teacher_temperature == schedule.at(150).teacher_temperature == pytest.approx(0.05)
+    momenta = [schedule.at(step).momentum for step in range(201)]
+    assert momenta == sorted(momenta)
+
+
+def test_only_student_matrices_are_decayed():
+    model = PeraForPreTraining(PeraConfig(**parse_config_overrides(TINY_MODEL)))
+    decayed, not_decayed = student_parameter_groups(model)
+    names = {id(p): name for name, p in model.named_parameters()}
+    decayed_names = {names[id(p)] for p in decayed["params"]}
+    not_decayed_names = {names[id(p)] for p in not_decayed["params"]}
+    assert not any(name.startswith(("pera.", "teacher_dino_head.")) for name in decayed_names | not_decayed_names)
+    assert "student.layers.0.attention.q_proj.weight" in decayed_names
+    assert {"student.layers.0.attention.q_proj.bias", "student.layers.0.norm1.weight", "student.embeddings.cls_token",
+            "student.embeddings.mask_token", "student.embeddings.position_embeddings",
+            "student_dino_head.last_layer.weight_g"} <= not_decayed_names
+    assert len(decayed_names | not_decayed_names) == sum(p.requires_grad for p in model.parameters())
+
+
+def test_script_on_real_images_exports_a_loadable_encoder(tmp_path, shared_data):
+    images = tmp_path / "images"
+    for path in sorted((shared_data / "ucmerced").glob("*/*.jpg"))[::200][:10]:
+        images.mkdir(exist_ok=True)
+        shutil.copy(path, images / f"{path.parent.name}_{path.name}")
+    command = [
+        sys.executable, str(REPO_ROOT / "examples" / "run_pretraining.py"), "--train_dir", str(images),
+        "--output_dir", str(tmp_path / "run"), "--config_overrides", TINY_MODEL, "--per_device_train_batch_size", "4",
+        "--max_train_steps", "2", "--logging_steps", "1", "--dataloader_num_workers", "0", "--with_tracking",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "run"
+    assert (run / "model.safetensors").is_file() and (run / "encoder" / "model.safetensors").is_file()
+    assert list((run / "pera_pretraining").rglob("events.out.tfevents*")), "no TensorBoard events written"
+    assert load_encoder_without_package(run / "encoder", num_channels=3) == "PeraModel (1, 32)"
+
+
+def test_multispectral_geotiffs_train_and_export(tmp_path):
+    images = tmp_path / "tiles"
+    images.mkdir()
+    generator = np.random.default_rng(1)
+    for index in range(8):
+        tifffile.imwrite(images / f"tile_{index}.tif", generator.integers(0, 256, (36, 36, 4), dtype=np.uint8))
+    summary = pretrain(
+        tiny_arguments(images, tmp_path / "run", config_overrides=TINY_MODEL + ",num_channels=4", max_train_steps=2)
+    )
+    assert summary["completed_steps"] == 2 and np.isfinite(summary["loss"])
+    config = json.loads((tmp_path / "run" / "encoder" / "config.json").read_text())
+    assert config["num_channels"] == 4 and config["architectures"] == ["PeraModel"]
+    processor = json.loads((tmp_path / "run" / "encoder" / "preprocessor_config.json").read_text())
+    assert len(processor["image_mean"]) == 4
+    assert load_encoder_without_package(tmp_path / "run" / "encoder", num_channels=4) == "PeraModel (1, 32)"
+
+
+def test_resume_reaches_the_same_weights_and_losses(tmp_path):
+    images = write_rgb_images(tmp_path / "images")
+    full = pretrain(tiny_arguments(images, tmp_path / "full", checkpointing_steps=2, dataloader_num_workers=2))
+    # a run stopped after step 2: only its step-2 checkpoint survives
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "step_2", interrupted / "checkpoints" / "step_2")
+    resumed = pretrain(
+        tiny_arguments(images, interrupted, resume_from_checkpoint="latest", dataloader_num_workers=2)
+    )
+    assert resumed["loss_history"] == full["loss_history"][2:]
+    expected = load_file(tmp_path / "full" / "model.safetensors")
+    got = load_file(interrupted / "model.safetensors")
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+    assert torch.count_nonzero(got["center"]) > 0
+
+
+def test_two_process_run_keeps_ranks_in_step(tmp_path):
+    images = write_rgb_images(tmp_path / "images", count=16)
+    script = tmp_path / "two_ranks.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import torch
+            from modeling_pera import PeraForPreTraining
+            from modeling_pera.training import PretrainingArguments, pretrain
+
+            models = []
+            update_teacher = PeraForPreTraining.update_teacher
+            def recording_update_teacher(self, momentum):
+                models[:] = [self]
+                update_teacher(self, momentum)
+            PeraForPreTraining.update_teacher = recording_update_teacher
+
+            summary = pretrain(PretrainingArguments(
+                train_dir={str(images)!r}, output_dir={str(tmp_path / "run")!r}, config_overrides={TINY_MODEL!r},
+                per_device_train_batch_size=2, max_train_steps=3, checkpointing_steps=3, logging_steps=1,
+                dataloader_num_workers=0, seed=5,
+            ))
+            rank = torch.distributed.get_rank()
+            model = models[0]
+            torch.save({{"state": model.state_dict(), "world_size": torch.distributed.get_world_size(),
+                        "loss": summary["loss"]}}, {str(tmp_path)!r} + f"/rank{{rank}}.pt")
+            """
+        )
+    )
+    # accelerate detects a torchrun launch on the CPU only with ACCELERATE_USE_CPU
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    assert ranks[0]["world_size"] == 2
+    assert ranks[0]["loss"] != ranks[1]["loss"]  # the ranks trained on different images
+    for name, tensor in ranks[0]["state"].items():
+        if name.startswith(("pera.", "teacher_dino_head.", "student", "pixel_head.", "center")):
+            torch.testing.assert_close(ranks[1]["state"][name], tensor, rtol=0, atol=0, msg=name)
+    assert torch.count_nonzero(ranks[0]["state"]["center"]) > 0
+    assert [path.name for path in (tmp_path / "run" / "checkpoints").iterdir()] == ["step_3"]
