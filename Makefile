@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test clean
+.PHONY: install test pretrain clean
 
 $(VENV)/.installed: setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,22 @@ install: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest tests
+
+# The main job: pretrain a small PerA on UC Merced on the CPU (about 10 minutes on 2 cores), then the 20-NN accuracy
+# of its encoder next to a random-init encoder of the same architecture.
+DATA_DIR ?= ../shared/data
+PRETRAIN_DIR ?= outputs/pera-ucmerced
+PRETRAIN_FLAGS ?= --model_size vit-tiny \
+	--config_overrides image_size=64,patch_size=8,local_crop_size=32,num_prototypes=4096 \
+	--per_device_train_batch_size 32 --max_train_steps 350 --learning_rate 5e-4 --momentum_start 0.99 \
+	--checkpointing_steps 100 --logging_steps 10 --dataloader_num_workers 2 --with_tracking
+EVAL_FLAGS ?= --k 20 --train_fraction 0.5 --image_size 64 --seed 0
+
+pretrain: $(VENV)/.installed
+	@test -d $(DATA_DIR)/ucmerced || { echo "UC Merced not found at $(DATA_DIR)/ucmerced: set DATA_DIR=<folder holding ucmerced/<class>/*.jpg>, or run examples/run_pretraining.py --train_dir <your images>"; exit 1; }
+	$(PY) examples/run_pretraining.py --train_dir $(DATA_DIR)/ucmerced --output_dir $(PRETRAIN_DIR) $(PRETRAIN_FLAGS)
+	$(PY) examples/run_eval.py --model_name_or_path $(PRETRAIN_DIR)/encoder --data_dir $(DATA_DIR)/ucmerced $(EVAL_FLAGS) --output_json $(PRETRAIN_DIR)/knn_pretrained.json
+	$(PY) examples/run_eval.py --model_name_or_path $(PRETRAIN_DIR)/encoder --data_dir $(DATA_DIR)/ucmerced $(EVAL_FLAGS) --random_init --output_json $(PRETRAIN_DIR)/knn_random_init.json
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

@@ -1,0 +1,79 @@
+# Copyright 2026 The modeling_pera authors. Licensed under the Apache License, Version 2.0.
+"""
+Evaluates a frozen vision encoder on a labelled image folder with weighted kNN (and optionally a linear probe).
+
+Works with any `AutoModel`-loadable vision encoder that has an image processor: a PerA checkpoint folder, or a stock
+one such as ViT-MAE or DINOv2. Example, on UC Merced beside the repository:
+
+    python examples/run_eval.py --model_name_or_path path/to/pera-checkpoint --linear_probe --output_json eval.json
+
+Add `--random_init` for the same architecture with random weights (the random-init baseline).
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from modeling_pera.evaluation import POOLINGS, evaluate_encoder, format_evaluation_summary
+
+
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ucmerced"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_name_or_path", required=True, help="Hub id or folder of the encoder and processor.")
+    parser.add_argument(
+        "--data_dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR if DEFAULT_DATA_DIR.is_dir() else None,
+        help=f"Folder <data_dir>/<class>/<image> (default: {DEFAULT_DATA_DIR}, when present).",
+    )
+    parser.add_argument("--k", type=int, default=20, help="Neighbours of the kNN vote.")
+    parser.add_argument("--temperature", type=float, default=0.07, help="Temperature of the kNN vote weights.")
+    split = parser.add_mutually_exclusive_group()
+    split.add_argument("--train_fraction", type=float, help="Fraction of each class for training (default 0.5).")
+    split.add_argument("--train_per_class", type=int, help="Training images per class, instead of a fraction.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the splits and of random weights.")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--image_size", type=int, help="Side of the square model input (default: the processor's).")
+    parser.add_argument("--pooling", choices=POOLINGS, default="cls")
+    parser.add_argument("--linear_probe", action="store_true", help="Also fit a logistic-regression probe.")
+    parser.add_argument("--random_init", action="store_true", help="Use random weights of the same architecture.")
+    parser.add_argument("--device", help="Default: cuda when available, else cpu.")
+    parser.add_argument("--num_workers", type=int, default=0, help="Processes reading the images.")
+    parser.add_argument("--cache_path", type=Path, help="File caching the features between runs.")
+    parser.add_argument("--output_json", type=Path, help="Where to write the results.")
+    args = parser.parse_args()
+    if args.data_dir is None:
+        parser.error(f"--data_dir is required: no dataset at the default {DEFAULT_DATA_DIR}.")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    results = evaluate_encoder(
+        args.model_name_or_path,
+        args.data_dir,
+        k=args.k,
+        temperature=args.temperature,
+        train_fraction=args.train_fraction,
+        train_per_class=args.train_per_class,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        pooling=args.pooling,
+        run_linear_probe=args.linear_probe,
+        random_init=args.random_init,
+        device=args.device,
+        num_workers=args.num_workers,
+        cache_path=args.cache_path,
+    )
+    print(format_evaluation_summary(results))
+    if args.output_json is not None:
+        args.output_json.parent.mkdir(parents=True, exist_ok=True)
+        args.output_json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
