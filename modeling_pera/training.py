@@ -182,6 +182,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, tot
         shutil.rmtree(staging, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(staging)
+    accelerator.wait_for_everyone()  # every process writes its RNG state into the staging folder
     if accelerator.is_main_process:
         (staging / TRAINER_STATE_NAME).write_text(json.dumps(state, indent=2))
         replace_directory(staging, target)

@@ -197,3 +197,4 @@ def test_two_process_run_keeps_ranks_in_step(tmp_path):
             torch.testing.assert_close(ranks[1]["state"][name], tensor, rtol=0, atol=0, msg=name)
     assert torch.count_nonzero(ranks[0]["state"]["center"]) > 0
     assert [path.name for path in (tmp_path / "run" / "checkpoints").iterdir()] == ["step_3"]
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in (tmp_path / "run" / "checkpoints" / "step_3").iterdir()}
