@@ -588,9 +588,9 @@ def classification_report(
     samples_per_class = torch.bincount(labels, minlength=num_classes)
     correct_per_class = torch.bincount(labels[correct], minlength=num_classes)
     present = samples_per_class > 0
-    per_class_accuracy = correct_per_class / samples_per_class.clamp_min(1)
+    per_class_accuracy = correct_per_class.double() / samples_per_class.clamp_min(1)
     return {
-        "top1_accuracy": correct.float().mean().item(),
+        "top1_accuracy": correct.double().mean().item(),
         "mean_per_class_accuracy": per_class_accuracy[present].mean().item(),
         "per_class_accuracy": {
             name: accuracy if is_present else None
