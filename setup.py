@@ -21,6 +21,8 @@ setup(
         # GeoTIFF and single-band-per-file archives (BigEarthNet) without a GDAL install
         "tifffile",
         "tqdm",
+        # feature-map figures (modeling_pera.visualization, examples/visualize_features.py)
+        "matplotlib",
     ],
     extras_require={
         "dev": [

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .configuration_pera import PeraConfig
 from .data import check_dataset, load_pretraining_dataset, make_pretraining_dataloader, make_pretraining_dataset
+from .hub import pretraining_card_info, push_folder_to_hub, write_model_card
 from .image_processing_pera import PeraImageProcessor
 from .modeling_pera import PeraForPreTraining
 from .schedules import PretrainingSchedule, ScheduleValues
@@ -41,7 +42,9 @@ class PretrainingArguments:
     """Flags of `examples/run_pretraining.py` (the names follow transformers' `run_mim_no_trainer.py`)."""
 
     output_dir: str = field(metadata={"help": "Where checkpoints, the final model and `encoder/` are written."})
-    train_dir: str | None = field(default=None, metadata={"help": "A folder of images (recursive; jpg/png/tif/GeoTIFF, band folders)."})
+    train_dir: list[str] | None = field(
+        default=None, metadata={"help": "Folder(s) of images, pooled (recursive; jpg/png/tif/GeoTIFF, band folders)."}
+    )
     dataset_name: str | None = field(default=None, metadata={"help": "A `datasets` dataset: a Hub id or 'imagefolder'."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration name."})
     image_column_name: str = field(default="image", metadata={"help": "The dataset column holding the images."})
@@ -221,6 +224,8 @@ def build_processor(arguments: PretrainingArguments, config: PeraConfig) -> Pera
 def pretrain(arguments: PretrainingArguments) -> dict:
     """Runs PerA pretraining; returns a summary (steps, images/s, last losses)."""
     output_dir = Path(arguments.output_dir)
+    if arguments.push_to_hub and not arguments.hub_model_id:  # checked now, not after hours of training
+        raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/pera-vit-small-rs).")
     accelerator = Accelerator(
         gradient_accumulation_steps=arguments.gradient_accumulation_steps,
         log_with=arguments.report_to if arguments.with_tracking else None,
@@ -299,7 +304,9 @@ def pretrain(arguments: PretrainingArguments) -> dict:
         teacher_temperature_warmup_fraction=arguments.teacher_temperature_warmup_fraction,
     )
     if arguments.with_tracking:
-        accelerator.init_trackers("pera_pretraining", {k: v for k, v in asdict(arguments).items() if v is not None})
+        # TensorBoard's hyper-parameters take scalars and strings only
+        hyperparameters = {k: ",".join(v) if isinstance(v, list) else v for k, v in asdict(arguments).items() if v is not None}
+        accelerator.init_trackers("pera_pretraining", hyperparameters)
 
     completed_steps, start_epoch, batches_to_skip = 0, 0, 0
     if arguments.resume_from_checkpoint:
@@ -417,20 +424,27 @@ def pretrain(arguments: PretrainingArguments) -> dict:
     if accelerator.is_main_process:
         export_pretrained(pera, processor, output_dir)
         if arguments.push_to_hub:
-            push_encoder(output_dir / "encoder", arguments.hub_model_id, arguments.hub_token)
+            card_info = pretraining_card_info(
+                arguments, config, completed_steps=completed_steps, num_processes=accelerator.num_processes
+            )
+            push_encoder(output_dir / "encoder", arguments.hub_model_id, arguments.hub_token, card_info=card_info)
     if arguments.with_tracking:
         accelerator.end_training()
     summary.update(completed_steps=completed_steps, replaced_samples=int(replaced_samples))
     return summary
 
 
-def push_encoder(encoder_dir: Path, hub_model_id: str | None, hub_token: str | None) -> str:
-    """Uploads the exported encoder folder (weights, config, processor, code files) to a Hub model repository."""
-    from huggingface_hub import HfApi
+def push_encoder(
+    encoder_dir: Path, hub_model_id: str | None, hub_token: str | None, card_info: dict | None = None
+) -> str:
+    """
+    Writes the model card into the exported encoder folder (weights, config, processor, code files) and uploads the
+    folder to a Hub model repository.
 
+    `card_info` holds keyword arguments of [`~modeling_pera.hub.write_model_card`] (e.g. the output of
+    [`~modeling_pera.hub.pretraining_card_info`], `probe_results`, `license`). Returns the full repository id.
+    """
     if not hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/pera-vit-small-rs).")
-    api = HfApi(token=hub_token)
-    api.create_repo(hub_model_id, exist_ok=True)
-    api.upload_folder(repo_id=hub_model_id, folder_path=str(encoder_dir), commit_message="Upload PerA encoder")
-    return hub_model_id
+    write_model_card(encoder_dir, repo_id=hub_model_id, **(card_info or {}))
+    return push_folder_to_hub(encoder_dir, hub_model_id, token=hub_token, commit_message="Upload PerA encoder")
