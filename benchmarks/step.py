@@ -1,24 +1,65 @@
 #!/usr/bin/env python
-"""Training-step speed and memory of PerA (forward + backward + optimizer + EMA; synthetic inputs on the device).
+"""Training-step speed and memory: PerA against the same model with full views and transformers' ViTMAE.
 
-    python benchmarks/step.py --device cuda --model_size vit-base --batch_sizes 24 64 --output_json bench.json
+    python benchmarks/step.py --device cuda --model_size vit-base --batch_sizes 24 64 --find_max_batch \\
+        --output_json bench.json --markdown docs/benchmarks.md --section h100-vit-base
 
-Prints one row per batch size: median step time, images/s and peak memory (CUDA: max_memory_allocated).
+A step is forward + backward + gradient clipping + optimizer (+ EMA for PerA), on synthetic inputs already on the
+device (or, with --train_dir, on real batches from the pretraining DataLoader: "data included"). Each measurement
+runs in a fresh process, so peak memory is its own: CUDA `max_memory_allocated`, CPU peak resident set size.
+
+Variants:
+- `pera`: PeraForPreTraining as configured (student sees 20 %, teacher 60 % of each crop's patches);
+- `full_view`: the same model with `full_views=True` (student and teacher see every patch, no mask tokens);
+- `mae`: `ViTMAEForPreTraining` with the same encoder size, patch and global crop size, default decoder, one global
+  crop per image (MAE's own recipe).
 """
 
 import argparse
 import json
+import re
+import resource
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from modeling_pera import PeraConfig, PeraForPreTraining
-from modeling_pera.training import apply_schedule, student_parameter_groups
-from modeling_pera.schedules import PretrainingSchedule
+
+VARIANTS = ("pera", "full_view", "mae")
 
 
-def synthetic_batch(config: PeraConfig, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+def build(variant: str, config, device: torch.device):
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+    from modeling_pera import PeraForPreTraining
+    from modeling_pera.training import student_parameter_groups
+
+    if variant == "mae":
+        mae_config = ViTMAEConfig(
+            hidden_size=config.hidden_size,
+            num_hidden_layers=config.num_hidden_layers,
+            num_attention_heads=config.num_attention_heads,
+            intermediate_size=config.intermediate_size,
+            image_size=config.image_size,
+            patch_size=config.patch_size,
+            num_channels=config.num_channels,
+        )
+        model = ViTMAEForPreTraining(mae_config)
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "apply_weight_decay": True}]
+    else:
+        config.full_views = variant == "full_view"
+        model = PeraForPreTraining(config)
+        groups = student_parameter_groups(model)
+    return model.to(device).train(), groups
+
+
+def synthetic_batch(variant: str, config, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+    if variant == "mae":
+        return {"pixel_values": torch.randn(batch_size, config.num_channels, config.image_size, config.image_size, device=device)}
+
     def views(num_crops, size):
         return torch.randn(num_crops, batch_size, config.num_channels, size, size, device=device)
 
@@ -30,43 +71,147 @@ def synthetic_batch(config: PeraConfig, batch_size: int, device: torch.device) -
     }
 
 
-def measure(config: PeraConfig, batch_size: int, device: torch.device, steps: int, warmup: int, bf16: bool) -> dict:
-    model = PeraForPreTraining(config).to(device).train()
-    optimizer = torch.optim.AdamW(student_parameter_groups(model), lr=1e-4, eps=2e-5, fused=device.type == "cuda")
-    apply_schedule(optimizer, PretrainingSchedule(total_steps=100).at(50))
-    batch = synthetic_batch(config, batch_size, device)
-    trainable = [p for group in optimizer.param_groups for p in group["params"]]
+def real_batches(config, batch_size: int, train_dir: str, num_workers: int):
+    from modeling_pera import PeraImageProcessor
+    from modeling_pera.data import load_pretraining_dataset, make_pretraining_dataloader, make_pretraining_dataset
+    from modeling_pera.views import AlignedPairViews
+
+    processor = PeraImageProcessor.from_preset("pera-rgb")
+    dataset = make_pretraining_dataset(load_pretraining_dataset(train_dir=train_dir), AlignedPairViews(config, processor))
+    loader = make_pretraining_dataloader(dataset, batch_size=batch_size, num_workers=num_workers)
+    while True:
+        for batch in loader:
+            batch.pop("num_replaced")
+            yield batch
+
+
+def peak_memory_gib(device: torch.device) -> float:
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # peak resident set size, kilobytes on Linux
+
+
+def measure(arguments) -> dict:
+    """One (variant, batch size) measurement; runs in its own process."""
+    from modeling_pera import PeraConfig
+    from modeling_pera.training import apply_schedule, parse_config_overrides
+    from modeling_pera.schedules import PretrainingSchedule
+
+    device = torch.device(arguments.device)
+    config = PeraConfig.from_preset(arguments.model_size, **parse_config_overrides(arguments.config_overrides))
+    model, groups = build(arguments.variant, config, device)
+    optimizer = torch.optim.AdamW(groups, lr=1e-4, eps=2e-5, fused=device.type == "cuda")
+    apply_schedule(optimizer, PretrainingSchedule(total_steps=100).at(50))
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]
+    if arguments.train_dir and arguments.variant != "mae":
+        batches = real_batches(config, arguments.batch_size, arguments.train_dir, arguments.num_workers)
+    else:
+        fixed = synthetic_batch(arguments.variant, config, arguments.batch_size, device)
+        batches = iter(lambda: fixed, None)
+    extra = {} if arguments.variant == "mae" else {"teacher_temperature": torch.tensor(0.04, device=device)}
+    forward = torch.compile(model) if arguments.compile else model
+    memory_before_steps = peak_memory_gib(device)
     times = []
-    for step in range(warmup + steps):
+    for step in range(arguments.warmup + arguments.steps):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         started = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            outputs = model(**batch, teacher_temperature=0.04)
-        outputs.loss.backward()
+        batch = {name: tensor.to(device, non_blocking=True) for name, tensor in next(batches).items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=arguments.bf16):
+            loss = forward(**batch, **extra).loss
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 3.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        model.update_teacher(0.996)
+        if arguments.variant != "mae":
+            model.update_teacher(0.996)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        if step >= warmup:
+        if step >= arguments.warmup:
             times.append(time.perf_counter() - started)
     step_time = statistics.median(times)
-    result = {
-        "batch_size": batch_size,
-        "step_time_s": step_time,
-        "images_per_second": batch_size / step_time,
-        "loss": float(outputs.loss),
+    peak_gib = peak_memory_gib(device)
+    return {
+        "variant": arguments.variant,
+        "batch_size": arguments.batch_size,
+        "data": "real" if arguments.train_dir and arguments.variant != "mae" else "synthetic",
+        "step_time_s": round(step_time, 4),
+        "images_per_second": round(arguments.batch_size / step_time, 1),
+        "peak_memory_gib": round(peak_gib, 2),
+        # what the steps add on top of the model, optimizer-free weights and inputs (on the CPU, the RSS also counts
+        # the Python process itself)
+        "step_memory_gib": round(peak_gib - memory_before_steps, 2),
+        "loss": round(float(loss.detach()), 4),
+        "compiled": arguments.compile,
     }
-    if device.type == "cuda":
-        result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    del model, optimizer, batch, outputs
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return result
+
+
+def run_measurement(arguments, variant: str, batch_size: int, train_dir: str | None = None) -> dict:
+    """Runs `measure` in a fresh process; an out-of-memory error comes back as {"oom": True}."""
+    command = [
+        sys.executable, __file__, "--worker", "--variant", variant, "--batch_size", str(batch_size),
+        "--device", arguments.device, "--model_size", arguments.model_size,
+        "--config_overrides", arguments.config_overrides, "--steps", str(arguments.steps),
+        "--warmup", str(arguments.warmup), "--num_workers", str(arguments.num_workers),
+    ]
+    command += (["--no_bf16"] if not arguments.bf16 else []) + (["--compile"] if arguments.compile else [])
+    command += ["--train_dir", train_dir] if train_dir else []
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode == 0:
+        return json.loads(result.stdout.strip().splitlines()[-1])
+    if "OutOfMemoryError" in result.stderr or "out of memory" in result.stderr:
+        return {"variant": variant, "batch_size": batch_size, "oom": True}
+    raise RuntimeError(f"{variant} at batch {batch_size} failed:\n{result.stderr[-3000:]}")
+
+
+def find_max_batch(arguments, variant: str, start: int, limit: int) -> int:
+    """Largest batch size that fits: doubling from `start`, then bisection (each trial a fresh process)."""
+    fits, fails = 0, None
+    size = start
+    while fails is None and size <= limit:
+        if run_measurement(arguments, variant, size).get("oom"):
+            fails = size
+        else:
+            fits, size = size, size * 2
+    if fails is None:
+        return fits
+    while fails - fits > max(8, fits // 16):
+        middle = (fits + fails) // 2
+        if run_measurement(arguments, variant, middle).get("oom"):
+            fails = middle
+        else:
+            fits = middle
+    return fits
+
+
+def markdown_table(report: dict) -> str:
+    lines = [
+        f"Device: **{report['device']}**; {report['model_size']} ({report['config_overrides'] or 'reference crops'}); "
+        f"bf16 autocast: {report['bf16']}. Command: `{report['command']}`",
+        "",
+        "| variant | batch | data | compiled | step (s) | images/s | peak memory (GiB) | added by the steps (GiB) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        if row.get("oom"):
+            lines.append(f"| {row['variant']} | {row['batch_size']} | | | OOM | | | |")
+        else:
+            lines.append(
+                f"| {row['variant']} | {row['batch_size']} | {row['data']} | {row['compiled']} | {row['step_time_s']} | "
+                f"{row['images_per_second']} | {row['peak_memory_gib']} | {row['step_memory_gib']} |"
+            )
+    if report.get("max_batch"):
+        lines += ["", "Largest batch that fits: " + ", ".join(f"{k} {v}" for k, v in report["max_batch"].items())]
+    return "\n".join(lines)
+
+
+def write_section(markdown_path: Path, section: str, table: str) -> None:
+    """Replaces (or appends) the block between `<!-- BEGIN {section} -->` and `<!-- END {section} -->`."""
+    text = markdown_path.read_text() if markdown_path.exists() else "# Benchmarks\n"
+    block = f"<!-- BEGIN {section} -->\n{table}\n<!-- END {section} -->"
+    pattern = re.compile(rf"<!-- BEGIN {re.escape(section)} -->.*?<!-- END {re.escape(section)} -->", re.DOTALL)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    markdown_path.write_text(text)
 
 
 def main():
@@ -74,30 +219,57 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--model_size", default="vit-base")
     parser.add_argument("--config_overrides", default="", help="e.g. image_size=224,num_prototypes=8192")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[24])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--no_bf16", action="store_true")
+    parser.add_argument("--no_bf16", dest="bf16", action="store_false")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (the first steps compile).")
+    parser.add_argument("--train_dir", help="Also measure PerA with real batches from this folder (data included).")
+    parser.add_argument("--num_workers", type=int, default=4)
+    parser.add_argument("--find_max_batch", action="store_true", help="Search the largest batch per variant (GPU).")
+    parser.add_argument("--max_batch_limit", type=int, default=2048)
     parser.add_argument("--output_json")
-    args = parser.parse_args()
+    parser.add_argument("--markdown", help="A markdown file to write the table into (e.g. docs/benchmarks.md).")
+    parser.add_argument("--section", default="step", help="Name of the table's block in --markdown.")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--batch_size", type=int, help=argparse.SUPPRESS)
+    arguments = parser.parse_args()
+    if arguments.worker:
+        print(json.dumps(measure(arguments)))
+        return
 
-    from modeling_pera.training import parse_config_overrides
-
-    device = torch.device(args.device)
-    config = PeraConfig.from_preset(args.model_size, **parse_config_overrides(args.config_overrides))
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    device = torch.device(arguments.device)
     rows = []
-    for batch_size in args.batch_sizes:
-        try:
-            row = measure(config, batch_size, device, args.steps, args.warmup, bf16=not args.no_bf16)
-        except torch.OutOfMemoryError:
-            row = {"batch_size": batch_size, "oom": True}
-            torch.cuda.empty_cache()
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    if args.output_json:
-        with open(args.output_json, "w") as file:
-            json.dump({"device": device_name, "model_size": args.model_size, "rows": rows}, file, indent=2)
+    for batch_size in arguments.batch_sizes:
+        for variant in arguments.variants:
+            rows.append(run_measurement(arguments, variant, batch_size))
+            print(json.dumps(rows[-1]), flush=True)
+        if arguments.train_dir:
+            rows.append(run_measurement(arguments, "pera", batch_size, arguments.train_dir))
+            print(json.dumps(rows[-1]), flush=True)
+    max_batch = {}
+    if arguments.find_max_batch:
+        for variant in [variant for variant in arguments.variants if variant != "mae"]:
+            max_batch[variant] = find_max_batch(arguments, variant, max(arguments.batch_sizes), arguments.max_batch_limit)
+            print(json.dumps({"variant": variant, "max_batch": max_batch[variant]}), flush=True)
+    report = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)",
+        "model_size": arguments.model_size,
+        "config_overrides": arguments.config_overrides,
+        "bf16": arguments.bf16,
+        "torch": torch.__version__,
+        "command": "python benchmarks/step.py " + " ".join(sys.argv[1:]),
+        "rows": rows,
+        "max_batch": max_batch,
+    }
+    if arguments.output_json:
+        Path(arguments.output_json).write_text(json.dumps(report, indent=2))
+    table = markdown_table(report)
+    print(table)
+    if arguments.markdown:
+        write_section(Path(arguments.markdown), arguments.section, table)
 
 
 if __name__ == "__main__":

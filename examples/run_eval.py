@@ -1,11 +1,13 @@
 # Copyright 2026 The modeling_pera authors. Licensed under the Apache License, Version 2.0.
 """
-Evaluates a frozen vision encoder on a labelled image folder with weighted kNN (and optionally a linear probe).
+Evaluates a frozen vision encoder on a labelled image folder with weighted kNN (and optionally a linear probe), and
+with a linear segmentation probe on an image/mask folder (`--segmentation_dir`).
 
 Works with any `AutoModel`-loadable vision encoder that has an image processor: a PerA checkpoint folder, or a stock
-one such as ViT-MAE or DINOv2. Example, on UC Merced beside the repository:
+one such as ViT-MAE or DINOv2. Example, on UC Merced and GID-MTL5 beside the repository:
 
-    python examples/run_eval.py --model_name_or_path path/to/pera-checkpoint --linear_probe --output_json eval.json
+    python examples/run_eval.py --model_name_or_path path/to/pera-checkpoint --linear_probe \
+        --segmentation_dir ../shared/data/gid_mtl/GID-MTL5 --output_json eval.json
 
 Add `--random_init` for the same architecture with random weights (the random-init baseline).
 """
@@ -14,7 +16,14 @@ import argparse
 import json
 from pathlib import Path
 
-from modeling_pera.evaluation import POOLINGS, evaluate_encoder, format_evaluation_summary
+from modeling_pera.evaluation import (
+    GID_MTL5_CLASS_NAMES,
+    POOLINGS,
+    evaluate_encoder,
+    evaluate_segmentation,
+    format_evaluation_summary,
+    format_segmentation_summary,
+)
 
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ucmerced"
@@ -26,8 +35,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--data_dir",
         type=Path,
-        default=DEFAULT_DATA_DIR if DEFAULT_DATA_DIR.is_dir() else None,
-        help=f"Folder <data_dir>/<class>/<image> (default: {DEFAULT_DATA_DIR}, when present).",
+        help=f"Folder <data_dir>/<class>/<image> (default without --segmentation_dir: {DEFAULT_DATA_DIR}, when present).",
     )
     parser.add_argument("--k", type=int, default=20, help="Neighbours of the kNN vote.")
     parser.add_argument("--temperature", type=float, default=0.07, help="Temperature of the kNN vote weights.")
@@ -44,15 +52,58 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--num_workers", type=int, default=0, help="Processes reading the images.")
     parser.add_argument("--cache_path", type=Path, help="File caching the features between runs.")
     parser.add_argument("--output_json", type=Path, help="Where to write the results.")
+    parser.add_argument(
+        "--segmentation_dir",
+        type=Path,
+        help="Also run the segmentation probe on <dir>/{image,mask}/<scene>/<name>.<ext> (e.g. GID-MTL5); mask value 0 "
+        "is ignored.",
+    )
+    parser.add_argument(
+        "--segmentation_class_names",
+        nargs="+",
+        default=list(GID_MTL5_CLASS_NAMES),
+        help="The name of each mask value (default: GID-MTL5's).",
+    )
     args = parser.parse_args()
-    if args.data_dir is None:
-        parser.error(f"--data_dir is required: no dataset at the default {DEFAULT_DATA_DIR}.")
+    if args.data_dir is None and args.segmentation_dir is None:
+        if not DEFAULT_DATA_DIR.is_dir():
+            parser.error(f"--data_dir is required: no dataset at the default {DEFAULT_DATA_DIR}.")
+        args.data_dir = DEFAULT_DATA_DIR
     return args
 
 
 def main() -> None:
     args = parse_args()
-    results = evaluate_encoder(
+    results = {}
+    if args.data_dir is not None:
+        results = classify(args)
+        print(format_evaluation_summary(results))
+    if args.segmentation_dir is not None:
+        cache_path = args.cache_path
+        if cache_path is not None:  # the patch features get their own file
+            cache_path = cache_path.with_name(f"{cache_path.stem}-patches{cache_path.suffix}")
+        results["segmentation_probe"] = evaluate_segmentation(
+            args.model_name_or_path,
+            args.segmentation_dir,
+            class_names=args.segmentation_class_names,
+            train_fraction=args.train_fraction,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            image_size=args.image_size,
+            random_init=args.random_init,
+            device=args.device,
+            num_workers=args.num_workers,
+            cache_path=cache_path,
+        )
+        print(format_segmentation_summary(results["segmentation_probe"]))
+    if args.output_json is not None:
+        args.output_json.parent.mkdir(parents=True, exist_ok=True)
+        args.output_json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def classify(args: argparse.Namespace) -> dict:
+    """kNN (and linear probe) results on `--data_dir`."""
+    return evaluate_encoder(
         args.model_name_or_path,
         args.data_dir,
         k=args.k,
@@ -69,10 +120,6 @@ def main() -> None:
         num_workers=args.num_workers,
         cache_path=args.cache_path,
     )
-    print(format_evaluation_summary(results))
-    if args.output_json is not None:
-        args.output_json.parent.mkdir(parents=True, exist_ok=True)
-        args.output_json.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """PerA for transformers: public names and Auto registration (the classes live in the three Hub files)."""
 
 from transformers import (
+    AutoBackbone,
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
@@ -11,6 +12,7 @@ from transformers import (
 from .configuration_pera import PERA_PRESETS, PeraConfig, pera_mask_counts
 from .image_processing_pera import PERA_PROCESSOR_PRESETS, PeraImageProcessor
 from .modeling_pera import (
+    PeraBackbone,
     PeraForImageClassification,
     PeraForPreTraining,
     PeraForPreTrainingOutput,
@@ -26,6 +28,7 @@ AutoConfig.register(PeraConfig.model_type, PeraConfig, exist_ok=True)
 AutoModel.register(PeraConfig, PeraModel, exist_ok=True)
 AutoModelForPreTraining.register(PeraConfig, PeraForPreTraining, exist_ok=True)
 AutoModelForImageClassification.register(PeraConfig, PeraForImageClassification, exist_ok=True)
+AutoBackbone.register(PeraConfig, PeraBackbone, exist_ok=True)
 AutoImageProcessor.register(
     PeraConfig, image_processor_classes={"torchvision": PeraImageProcessor, "pil": PeraImageProcessor}, exist_ok=True
 )
@@ -35,11 +38,13 @@ PeraConfig.register_for_auto_class()
 PeraModel.register_for_auto_class("AutoModel")
 PeraForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 PeraForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+PeraBackbone.register_for_auto_class("AutoBackbone")
 PeraImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 __all__ = [
     "PERA_PRESETS",
     "PERA_PROCESSOR_PRESETS",
+    "PeraBackbone",
     "PeraConfig",
     "PeraForImageClassification",
     "PeraForPreTraining",

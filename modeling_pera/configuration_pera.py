@@ -3,6 +3,7 @@
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
+from transformers.backbone_utils import BackboneConfigMixin
 
 
 # Backbone sizes. "vit-g16-1024" is the reference's released size (1024 wide, 40 layers), not DINOv2's ViT-g.
@@ -23,6 +24,7 @@ PERA_AUTO_MAP = {
     "AutoModel": "modeling_pera.PeraModel",
     "AutoModelForPreTraining": "modeling_pera.PeraForPreTraining",
     "AutoModelForImageClassification": "modeling_pera.PeraForImageClassification",
+    "AutoBackbone": "modeling_pera.PeraBackbone",
 }
 
 
@@ -43,7 +45,7 @@ def pera_mask_counts(num_patches: int, student_ratio: float, teacher_ratio: floa
 
 
 @strict
-class PeraConfig(PreTrainedConfig):
+class PeraConfig(BackboneConfigMixin, PreTrainedConfig):
     r"""
     Configuration of a PerA model: a plain pre-norm ViT encoder ([`PeraModel`]) and the PerA pretraining setup
     ([`PeraForPreTraining`]: disjoint student/teacher/predicted patch sets, DINO and pixel heads, loss weights).
@@ -97,6 +99,9 @@ class PeraConfig(PreTrainedConfig):
         mask_token_layer (`int`, *optional*):
             Index of the block before which the mask tokens of R join the student's sequence; defaults to
             `num_hidden_layers // 2`.
+        full_views (`bool`, *optional*, defaults to `False`):
+            A baseline, not PerA: student and teacher both see every patch of their crop (DINO-style aligned pairs
+            without PerA's masks), so there are no mask tokens and no pixel loss. For measuring what the masks save.
         num_global_crops (`int`, *optional*, defaults to 2):
             Global crops per image in pretraining.
         num_local_crops (`int`, *optional*, defaults to 8):
@@ -121,6 +126,12 @@ class PeraConfig(PreTrainedConfig):
             Teacher temperature used when `forward` is not given one (pretraining warms it up from 0.03).
         center_momentum (`float`, *optional*, defaults to 0.9):
             EMA momentum of the DINO centre.
+        out_features (`list[str]`, *optional*):
+            When the model is used as a backbone ([`PeraBackbone`]), the stages whose feature maps it returns, among
+            `"stem"` (the embeddings) and `"stage1"` ... `"stage{num_hidden_layers}"` (the blocks' outputs). Defaults
+            to the last stage, or to the stages of `out_indices`.
+        out_indices (`list[int]`, *optional*):
+            The same stages by index in `stage_names` (0 is `"stem"`); negative indices count from the end.
 
     Example:
 
@@ -153,6 +164,7 @@ class PeraConfig(PreTrainedConfig):
     student_ratio: float = 0.2
     teacher_ratio: float = 0.6
     mask_token_layer: int | None = None
+    full_views: bool = False
     num_global_crops: int = 2
     num_local_crops: int = 8
     local_crop_size: int = 96
@@ -165,6 +177,8 @@ class PeraConfig(PreTrainedConfig):
     student_temperature: float = 0.1
     teacher_temperature: float = 0.05
     center_momentum: float = 0.9
+    _out_features: list[str] | None = None
+    _out_indices: list[int] | None = None
 
     def __post_init__(self, **kwargs):
         if self.intermediate_size is None:
@@ -177,6 +191,10 @@ class PeraConfig(PreTrainedConfig):
                 if self.num_channels == 3
                 else [f"band_{index + 1}" for index in range(self.num_channels)]
             )
+        self.stage_names = ["stem"] + [f"stage{index}" for index in range(1, self.num_hidden_layers + 1)]
+        self.set_output_features_output_indices(
+            out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
+        )
         super().__post_init__(**kwargs)
         if getattr(self, "auto_map", None) is None:
             self.auto_map = dict(PERA_AUTO_MAP)

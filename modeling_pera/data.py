@@ -624,7 +624,7 @@ def check_dataset(
 
 def load_pretraining_dataset(
     dataset_name: str | None = None,
-    train_dir: str | os.PathLike | None = None,
+    train_dir: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     dataset_config_name: str | None = None,
     image_column_name: str = "image",
     split: str = "train",
@@ -634,7 +634,7 @@ def load_pretraining_dataset(
     """
     Opens the pretraining images.
 
-    - `train_dir` alone: a local folder, listed with [`find_images`] (GeoTIFF, band folders, JPEG, PNG; `datasets`'
+    - `train_dir` alone: a local folder (or several, pooled), listed with [`find_images`] (GeoTIFF, band folders, JPEG, PNG; `datasets`'
       `imagefolder` cannot read multispectral TIFFs). Returns the list of samples, for [`PretrainingDataset`].
     - `dataset_name`: `datasets.load_dataset(dataset_name, dataset_config_name, data_dir=train_dir, split=split,
       streaming=streaming, cache_dir=cache_dir)`, for Hub datasets or builders such as `"imagefolder"`. Returns a
@@ -647,26 +647,29 @@ def load_pretraining_dataset(
         `ValueError`: when neither or an invalid combination is given, no image is found, the dataset cannot be
         loaded (the cause is chained: a wrong name, no network, offline mode) or it has no `image_column_name`.
     """
+    folders = None if train_dir is None else [train_dir] if isinstance(train_dir, (str, os.PathLike)) else list(train_dir)
     if dataset_name is None:
-        if train_dir is None:
+        if not folders:
             raise ValueError("Give the pretraining images: a local folder (train_dir) or a dataset (dataset_name).")
         if streaming:
             raise ValueError(
                 "streaming applies to datasets loaded by name; a local folder (train_dir) is read directly. Use "
                 "dataset_name='imagefolder' with train_dir to stream a folder of JPEG/PNG images through `datasets`."
             )
-        samples = find_images(train_dir)
+        samples = [sample for folder in folders for sample in find_images(folder)]
         if not samples:
             raise ValueError(
-                f"No images found under {train_dir}: looked for {', '.join(IMAGE_EXTENSIONS)} files and band folders "
-                "(<name>_B01.tif, <name>_B02.tif, ...)."
+                f"No images found under {', '.join(map(str, folders))}: looked for {', '.join(IMAGE_EXTENSIONS)} files "
+                "and band folders (<name>_B01.tif, <name>_B02.tif, ...)."
             )
         return samples
+    if folders and len(folders) > 1:
+        raise ValueError(f"A dataset loaded by name takes one data folder (train_dir), got {len(folders)}.")
     try:
         source = datasets.load_dataset(
             dataset_name,
             dataset_config_name,
-            data_dir=str(train_dir) if train_dir is not None else None,
+            data_dir=str(folders[0]) if folders else None,
             split=split,
             streaming=streaming,
             cache_dir=str(cache_dir) if cache_dir is not None else None,

@@ -1,10 +1,12 @@
 # Copyright 2026 The modeling_pera authors. Licensed under the Apache License, Version 2.0.
-"""Frozen-encoder evaluation on labelled image folders: DINO-style weighted kNN and a linear probe.
+"""Frozen-encoder evaluation: DINO-style weighted kNN and a linear probe on labelled image folders, and a linear
+segmentation probe on image/mask folders.
 
 Any `AutoModel`-loadable vision encoder can be evaluated (PerA, ViT, ViT-MAE, DINOv2, ...): images are read with
 [`~modeling_pera.raster.read_raster`] (any band count, any pixel type), preprocessed by the model's image processor,
 encoded once, and the pooled features are classified by a weighted k-nearest-neighbour vote and, optionally, by a
-logistic regression. This module is part of the installed package, not of the Hub code files.
+logistic regression; the patch features are segmented by a 1x1 convolution scored by mIoU. This module is part of the
+installed package, not of the Hub code files.
 
 The metrics are computed here rather than with `evaluate`, whose `evaluate.load("accuracy")` downloads the metric
 script from the Hub and fails offline.
@@ -14,6 +16,7 @@ import contextlib
 import hashlib
 import inspect
 import json
+import math
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -24,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoImageProcessor, AutoModel
@@ -33,6 +37,10 @@ from .raster import read_raster
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 POOLINGS = ("cls", "mean", "cls+mean")
+# The `pooling` of `extract_features` that keeps one feature vector per patch, as a map `(dim, rows, columns)`.
+PATCH_FEATURES = "patches"
+# The classes of the GID-MTL5 (PSC5) masks, by pixel value; 0 marks pixels without a label.
+GID_MTL5_CLASS_NAMES = ("undefined", "built-up", "farmland", "forest", "meadow", "water")
 # Weight decays of the linear probe's sweep, for features standardised to zero mean and unit variance.
 LINEAR_PROBE_WEIGHT_DECAYS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
@@ -95,6 +103,65 @@ class ImageFolder:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+
+@dataclass
+class SegmentationFolder:
+    """
+    A segmentation dataset laid out as `<root>/image/<scene class>/<name>.<ext>` with one label mask per image at
+    `<root>/mask/<scene class>/<name>.<ext>` (same scene folder and file stem, any image suffix), as GID-MTL is. The
+    scene classes are used to stratify splits.
+
+    Attributes:
+        image_paths (`list[Path]`):
+            The images, sorted by scene class, then by file name.
+        mask_paths (`list[Path]`):
+            The mask of each image: one band of integer class ids (see [`read_mask`]).
+        scene_labels (`list[int]`):
+            The scene class index of each image.
+        scene_names (`list[str]`):
+            The scene folders, sorted by name.
+    """
+
+    image_paths: list[Path]
+    mask_paths: list[Path]
+    scene_labels: list[int]
+    scene_names: list[str]
+
+    @classmethod
+    def from_directory(cls, root: str | os.PathLike) -> "SegmentationFolder":
+        """
+        Pairs the images of `<root>/image` with the masks of `<root>/mask`.
+
+        Raises:
+            `ValueError`: if either folder is missing or empty, or an image has no mask.
+        """
+        root = Path(root)
+        images = ImageFolder.from_directory(root / "image")
+        masks = ImageFolder.from_directory(root / "mask")
+        mask_by_name = {
+            (masks.class_names[label], path.stem): path for path, label in zip(masks.paths, masks.labels)
+        }
+        mask_paths, missing = [], []
+        for path, label in zip(images.paths, images.labels):
+            mask_path = mask_by_name.get((images.class_names[label], path.stem))
+            if mask_path is None:
+                missing.append(str(path.relative_to(root)))
+            mask_paths.append(mask_path)
+        if missing:
+            raise ValueError(
+                f"{len(missing)} images under {root / 'image'} have no mask with the same scene folder and file stem "
+                f"under {root / 'mask'}, e.g. {missing[:3]}."
+            )
+        return cls(
+            image_paths=images.paths,
+            mask_paths=mask_paths,
+            scene_labels=images.labels,
+            scene_names=images.class_names,
+        )
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
 
 
 def stratified_split(
@@ -192,6 +259,28 @@ def preprocess_image_file(path: str | os.PathLike, processor: Any, **processor_k
     return inputs["pixel_values"][0]
 
 
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """
+    Reads a label mask: one band of integer class ids.
+
+    Palette PNGs give their palette indices (the class ids), not the colours; other files are read with
+    [`~modeling_pera.raster.read_raster`] and must have one band.
+
+    Returns:
+        `np.ndarray`: `(height, width)`, in the file's integer dtype.
+    """
+    with Image.open(path) as image:
+        if image.mode == "P":
+            return np.asarray(image)
+    pixels = read_raster(path)
+    if pixels.shape[0] != 1 or not np.issubdtype(pixels.dtype, np.integer):
+        raise ValueError(
+            f"{path} is not a label mask: expected one band of integer class ids, got {pixels.shape[0]} bands of "
+            f"{pixels.dtype}."
+        )
+    return pixels[0]
+
+
 def _accepts_argument(model: nn.Module, name: str) -> bool:
     """Whether `model.forward` has a parameter called `name` (not just `**kwargs`)."""
     return name in inspect.signature(model.forward).parameters
@@ -231,13 +320,20 @@ def _forward_kwargs(model: nn.Module, pixel_values: torch.Tensor) -> dict[str, A
     return kwargs
 
 
-def _num_patches(model: nn.Module, pixel_values: torch.Tensor) -> int | None:
-    """The number of patches of a patch-based encoder for `pixel_values`, or `None` without `config.patch_size`."""
+def _patch_grid(model: nn.Module, pixel_values: torch.Tensor) -> tuple[int, int] | None:
+    """The `(rows, columns)` of patches of a patch-based encoder for `pixel_values`, or `None` without
+    `config.patch_size`."""
     patch_size = getattr(getattr(model, "config", None), "patch_size", None)
     if patch_size is None:
         return None
     patch_height, patch_width = (patch_size, patch_size) if isinstance(patch_size, int) else patch_size
-    return (pixel_values.shape[-2] // patch_height) * (pixel_values.shape[-1] // patch_width)
+    return pixel_values.shape[-2] // patch_height, pixel_values.shape[-1] // patch_width
+
+
+def _num_patches(model: nn.Module, pixel_values: torch.Tensor) -> int | None:
+    """The number of patches of a patch-based encoder for `pixel_values`, or `None` without `config.patch_size`."""
+    grid = _patch_grid(model, pixel_values)
+    return None if grid is None else grid[0] * grid[1]
 
 
 def pool_encoder_outputs(outputs: Any, pooling: str, num_patches: int | None) -> torch.Tensor:
@@ -279,6 +375,35 @@ def pool_encoder_outputs(outputs: Any, pooling: str, num_patches: int | None) ->
     if pooling == "cls":
         return global_feature
     return torch.cat((global_feature, patch_mean), dim=1)
+
+
+def patch_feature_map(outputs: Any, grid_size: tuple[int, int] | None) -> torch.Tensor:
+    """
+    Turns an encoder's outputs into a map of patch features, for dense probes.
+
+    Args:
+        outputs:
+            The model's output, with `last_hidden_state`: tokens `(batch, tokens, dim)` whose last
+            `rows * columns` are the patches in raster order (CLS and register tokens, if any, come first), or a
+            convolutional feature map `(batch, dim, height, width)`, returned as it is.
+        grid_size (`tuple[int, int]`, *optional*):
+            The `(rows, columns)` of patches; required for token outputs.
+
+    Returns:
+        `torch.Tensor`: `(batch, dim, rows, columns)`.
+    """
+    hidden_states = outputs.last_hidden_state
+    if hidden_states.ndim == 4:
+        return hidden_states
+    if grid_size is None or hidden_states.shape[1] < grid_size[0] * grid_size[1]:
+        raise ValueError(
+            f"Cannot lay the {hidden_states.shape[1]} output tokens out on a patch grid of {grid_size}: patch feature "
+            "maps need an encoder with `config.patch_size` that returns one token per patch (plain ViTs), or a "
+            "convolutional feature map."
+        )
+    rows, columns = grid_size
+    patch_tokens = hidden_states[:, hidden_states.shape[1] - rows * columns :]
+    return patch_tokens.reshape(len(patch_tokens), rows, columns, -1).permute(0, 3, 1, 2)
 
 
 def _weights_fingerprint(model: nn.Module) -> str:
@@ -349,7 +474,8 @@ def extract_features(
         device (`str` or `torch.device`, *optional*):
             Where to run the model; defaults to the device the model is on. The model is moved there.
         pooling (`str`, *optional*, defaults to `"cls"`):
-            `"cls"`, `"mean"` or `"cls+mean"` (see [`pool_encoder_outputs`]).
+            `"cls"`, `"mean"` or `"cls+mean"` (see [`pool_encoder_outputs`]), or `"patches"` for a map of patch
+            features per image (see [`patch_feature_map`]).
         cache_path (`str` or `os.PathLike`, *optional*):
             A file to save the features to with `torch.save`, together with a key (model name, a fingerprint of its
             weights, the preprocessing, the pooling and the files). When the file exists and its key matches, the
@@ -362,10 +488,11 @@ def extract_features(
             Whether to show a tqdm progress bar with the rate in images per second.
 
     Returns:
-        `torch.Tensor`: float32 features on the CPU, `(len(paths), dim)`, in the order of `paths`.
+        `torch.Tensor`: float32 features on the CPU, `(len(paths), dim)`, or `(len(paths), dim, rows, columns)` for
+        `"patches"`, in the order of `paths`.
     """
-    if pooling not in POOLINGS:
-        raise ValueError(f"`pooling` must be one of {POOLINGS}, got {pooling!r}.")
+    if pooling not in (*POOLINGS, PATCH_FEATURES):
+        raise ValueError(f"`pooling` must be one of {(*POOLINGS, PATCH_FEATURES)}, got {pooling!r}.")
     if not paths:
         raise ValueError("No image paths were given.")
     processor_kwargs = processor_kwargs or {}
@@ -396,7 +523,10 @@ def extract_features(
         for pixel_values in loader:
             pixel_values = pixel_values.to(device, non_blocking=True)
             outputs = model(pixel_values=pixel_values, **_forward_kwargs(model, pixel_values))
-            pooled = pool_encoder_outputs(outputs, pooling, _num_patches(model, pixel_values))
+            if pooling == PATCH_FEATURES:
+                pooled = patch_feature_map(outputs, _patch_grid(model, pixel_values))
+            else:
+                pooled = pool_encoder_outputs(outputs, pooling, _num_patches(model, pixel_values))
             # Kept on the device until the end: a copy to the CPU per batch would synchronise every step.
             features.append(pooled.float())
             progress.update(len(pixel_values))
@@ -601,6 +731,177 @@ def classification_report(
     }
 
 
+def segmentation_confusion_matrix(
+    predictions: torch.Tensor, labels: torch.Tensor, num_classes: int, ignore_index: int | None = None
+) -> torch.Tensor:
+    """
+    Pixel counts of every (true class, predicted class) pair.
+
+    Args:
+        predictions (`torch.Tensor`):
+            Predicted class ids, of any integer dtype and the shape of `labels`.
+        labels (`torch.Tensor`):
+            True class ids, e.g. masks `(num_images, height, width)`.
+        num_classes (`int`):
+            Number of classes; every id must lie in `[0, num_classes)`.
+        ignore_index (`int`, *optional*):
+            A label whose pixels are left out (unlabelled pixels), whatever was predicted for them.
+
+    Returns:
+        `torch.Tensor`: int64 `(num_classes, num_classes)`, rows indexed by the true class and columns by the
+        prediction.
+    """
+    if predictions.shape != labels.shape:
+        raise ValueError(f"`predictions` {tuple(predictions.shape)} and `labels` {tuple(labels.shape)} differ.")
+    labels = labels.flatten().long()
+    predictions = predictions.flatten().long().to(labels.device)
+    if ignore_index is not None:
+        labelled = labels != ignore_index
+        labels, predictions = labels[labelled], predictions[labelled]
+    for name, ids in (("labels", labels), ("predictions", predictions)):
+        if len(ids) and (ids.min() < 0 or ids.max() >= num_classes):
+            raise ValueError(
+                f"`{name}` holds class ids outside [0, {num_classes}) (from {ids.min().item()} to {ids.max().item()}); "
+                "pass the right `num_classes`, or the unlabelled value as `ignore_index`."
+            )
+    return torch.bincount(labels * num_classes + predictions, minlength=num_classes**2).view(num_classes, num_classes)
+
+
+def segmentation_report(
+    confusion_matrix: torch.Tensor, class_names: Sequence[str], ignore_index: int | None = None
+) -> dict[str, Any]:
+    """
+    Intersection over union per class, its mean (mIoU) and pixel accuracy, from a [`segmentation_confusion_matrix`].
+
+    The IoU of class c is `TP / (TP + FP + FN)` over all pixels of the dataset (not averaged per image), as in
+    `evaluate`'s `mean_iou`. The `ignore_index` class is not reported: its pixels are not counted, and predicting it
+    on a labelled pixel is a false negative of the pixel's class. A class that is neither present nor predicted has no
+    IoU and is left out of the mean.
+
+    Args:
+        confusion_matrix (`torch.Tensor`):
+            `(num_classes, num_classes)` pixel counts, rows by true class, columns by prediction.
+        class_names (`Sequence[str]`):
+            The name of each class id.
+        ignore_index (`int`, *optional*):
+            The unlabelled class id, left out of the report.
+
+    Returns:
+        `dict`: `mean_iou`, `per_class_iou` (`{class name: IoU}`, `None` for classes neither present nor predicted),
+        `pixel_accuracy` (fraction of labelled pixels predicted correctly) and `num_pixels` (labelled pixels).
+    """
+    confusion_matrix = confusion_matrix.double().cpu()
+    if confusion_matrix.shape != (len(class_names), len(class_names)):
+        raise ValueError(
+            f"The confusion matrix {tuple(confusion_matrix.shape)} does not match the {len(class_names)} class names."
+        )
+    true_positives = confusion_matrix.diagonal()
+    union = confusion_matrix.sum(dim=0) + confusion_matrix.sum(dim=1) - true_positives
+    reported = [index for index in range(len(class_names)) if index != ignore_index]
+    per_class_iou = {
+        class_names[index]: (true_positives[index] / union[index]).item() if union[index] > 0 else None
+        for index in reported
+    }
+    ious = [iou for iou in per_class_iou.values() if iou is not None]
+    num_pixels = confusion_matrix[reported].sum()
+    return {
+        "mean_iou": float(np.mean(ious)) if ious else float("nan"),
+        "per_class_iou": per_class_iou,
+        "pixel_accuracy": (true_positives[reported].sum() / num_pixels).item() if num_pixels > 0 else float("nan"),
+        "num_pixels": int(num_pixels),
+    }
+
+
+def segmentation_probe(
+    train_features: torch.Tensor,
+    train_masks: torch.Tensor,
+    test_features: torch.Tensor,
+    num_classes: int,
+    ignore_index: int | None = 0,
+    epochs: int = 20,
+    learning_rate: float = 1e-2,
+    weight_decay: float = 1e-4,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> torch.Tensor:
+    """
+    A linear segmentation probe: a 1x1 convolution on frozen patch features, its logits upsampled bilinearly to the
+    mask size, trained with pixel-wise cross-entropy.
+
+    Features are standardised per channel with the training statistics (a frozen batch norm). The head starts at zero
+    and is trained with AdamW and a cosine learning-rate decay over `epochs` passes in a `seed`-shuffled order;
+    pixels labelled `ignore_index` do not contribute to the loss and the class is never predicted.
+
+    Args:
+        train_features (`torch.Tensor`):
+            `(num_train, dim, rows, columns)` patch features (see [`patch_feature_map`]).
+        train_masks (`torch.Tensor`):
+            `(num_train, height, width)` integer class ids.
+        test_features (`torch.Tensor`):
+            `(num_test, dim, rows, columns)`.
+        num_classes (`int`):
+            Number of class ids, including `ignore_index`.
+        ignore_index (`int`, *optional*, defaults to 0):
+            The unlabelled class id, or `None`.
+        epochs (`int`, *optional*, defaults to 20):
+            Passes over the training images.
+        learning_rate (`float`, *optional*, defaults to 1e-2):
+            Peak learning rate of AdamW.
+        weight_decay (`float`, *optional*, defaults to 1e-4):
+            Weight decay of AdamW.
+        batch_size (`int`, *optional*, defaults to 32):
+            Images per step.
+        seed (`int`, *optional*, defaults to 0):
+            Seed of the shuffling.
+
+    Returns:
+        `torch.Tensor`: `(num_test, height, width)` predicted class ids, in the dtype of `train_masks`, on the CPU.
+    """
+    device = train_features.device
+    mask_size = tuple(train_masks.shape[-2:])
+    mean = train_features.float().mean(dim=(0, 2, 3), keepdim=True)
+    std = train_features.float().std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    head = nn.Conv2d(train_features.shape[1], num_classes, kernel_size=1, device=device)
+    # A convex problem: starting from zero makes the fit independent of the initialisation.
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+
+    def upsampled_logits(features: torch.Tensor) -> torch.Tensor:
+        logits = head((features.to(device).float() - mean) / std)
+        return F.interpolate(logits, size=mask_size, mode="bilinear", align_corners=False)
+
+    generator = torch.Generator().manual_seed(seed)
+    steps_per_epoch = math.ceil(len(train_features) / batch_size)
+    # The optimiser needs gradients, which `torch.inference_mode` (e.g. a caller's) would switch off.
+    with torch.inference_mode(False), torch.enable_grad():
+        optimizer = torch.optim.AdamW(head.parameters(), lr=learning_rate, weight_decay=weight_decay)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+        for _ in range(epochs):
+            for batch in torch.randperm(len(train_features), generator=generator).split(batch_size):
+                labels = train_masks[batch].to(device).long()
+                # summed and divided by the labelled pixels: a batch without any gives a zero loss, not NaN
+                loss = F.cross_entropy(
+                    upsampled_logits(train_features[batch]),
+                    labels,
+                    ignore_index=-100 if ignore_index is None else ignore_index,
+                    reduction="sum",
+                )
+                num_labelled = labels.numel() if ignore_index is None else (labels != ignore_index).sum()
+                optimizer.zero_grad()
+                (loss / max(int(num_labelled), 1)).backward()
+                optimizer.step()
+                scheduler.step()
+
+    predictions = []
+    with torch.no_grad():
+        for features in test_features.split(batch_size):
+            logits = upsampled_logits(features)
+            if ignore_index is not None and 0 <= ignore_index < num_classes:
+                logits[:, ignore_index] = float("-inf")
+            predictions.append(logits.argmax(dim=1).to(train_masks.dtype).cpu())
+    return torch.cat(predictions)
+
+
 def load_encoder(
     model_name_or_path: str | os.PathLike, random_init: bool = False, seed: int = 0
 ) -> tuple[nn.Module, Any]:
@@ -628,6 +929,33 @@ def load_encoder(
     else:
         model = AutoModel.from_pretrained(model_name_or_path, trust_remote_code=True)
     return model.eval(), processor
+
+
+def _processor_kwargs(processor: Any, image_size: int | None) -> dict[str, Any]:
+    """Per-call processor options giving square model inputs of side `image_size` (the processor's size if `None`)."""
+    if image_size is None:
+        return {}
+    processor_kwargs = {"size": {"height": image_size, "width": image_size}}
+    # Stock processors may center-crop after resizing (e.g. DINOv2's 256 -> 224): crop to the same size.
+    if getattr(processor, "do_center_crop", False):
+        processor_kwargs["crop_size"] = {"height": image_size, "width": image_size}
+    return processor_kwargs
+
+
+def _encoder_description(model: nn.Module, model_name_or_path: str | os.PathLike, random_init: bool) -> dict[str, Any]:
+    return {
+        "model": str(model_name_or_path),
+        "model_type": getattr(model.config, "model_type", type(model).__name__),
+        "random_init": random_init,
+        "num_parameters": sum(parameter.numel() for parameter in model.parameters()),
+    }
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    """`device`, or CUDA when available, else the CPU."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
 
 
 def evaluate_encoder(
@@ -694,19 +1022,12 @@ def evaluate_encoder(
         encoding time, `knn` (its settings and a [`classification_report`]) and, with `run_linear_probe`,
         `linear_probe` (the chosen weight decay, validation accuracies and a report).
     """
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = _resolve_device(device)
     dataset = ImageFolder.from_directory(data_dir)
     train_index, test_index = stratified_split(dataset.labels, train_fraction, train_per_class, seed)
     model, processor = load_encoder(model_name_or_path, random_init=random_init, seed=seed)
 
-    processor_kwargs = {}
-    if image_size is not None:
-        processor_kwargs["size"] = {"height": image_size, "width": image_size}
-        # Stock processors may center-crop after resizing (e.g. DINOv2's 256 -> 224): crop to the same size.
-        if getattr(processor, "do_center_crop", False):
-            processor_kwargs["crop_size"] = {"height": image_size, "width": image_size}
+    processor_kwargs = _processor_kwargs(processor, image_size)
     input_size = list(preprocess_image_file(dataset.paths[0], processor, **processor_kwargs).shape)
 
     start = time.perf_counter()
@@ -730,10 +1051,7 @@ def evaluate_encoder(
     num_classes = len(dataset.class_names)
     knn_predictions = knn_classify(train_features, train_labels, test_features, num_classes, k, temperature)
     results = {
-        "model": str(model_name_or_path),
-        "model_type": getattr(model.config, "model_type", type(model).__name__),
-        "random_init": random_init,
-        "num_parameters": sum(parameter.numel() for parameter in model.parameters()),
+        **_encoder_description(model, model_name_or_path, random_init),
         "data_dir": str(data_dir),
         "num_images": len(dataset),
         "num_classes": num_classes,
@@ -765,22 +1083,161 @@ def evaluate_encoder(
     return results
 
 
+def evaluate_segmentation(
+    model_name_or_path: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    class_names: Sequence[str] | None = None,
+    ignore_index: int | None = 0,
+    train_fraction: float | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    image_size: int | None = None,
+    epochs: int = 20,
+    learning_rate: float = 1e-2,
+    random_init: bool = False,
+    device: str | torch.device | None = None,
+    num_workers: int = 0,
+    cache_path: str | os.PathLike | None = None,
+    progress_bar: bool = True,
+) -> dict[str, Any]:
+    """
+    Evaluates a frozen vision encoder with a linear segmentation probe on an image/mask folder (e.g. GID-MTL5).
+
+    The model and processor are loaded with [`load_encoder`], every image is encoded once into a map of patch features
+    with [`extract_features`] (`pooling="patches"`), the images are split with [`stratified_split`] on their scene
+    classes, a [`segmentation_probe`] is trained on the train part and its predictions on the test part are scored
+    with [`segmentation_report`].
+
+    Args:
+        model_name_or_path (`str` or `os.PathLike`):
+            Any `AutoModel`-loadable patch-based vision encoder with an image processor, e.g. a PerA checkpoint.
+        data_dir (`str` or `os.PathLike`):
+            A [`SegmentationFolder`]: `<data_dir>/{image,mask}/<scene class>/<name>.<ext>`. All masks must have the
+            same size.
+        class_names (`Sequence[str]`, *optional*):
+            The name of each mask value (e.g. `GID_MTL5_CLASS_NAMES`); defaults to the values as strings, up to the
+            largest value found.
+        ignore_index (`int`, *optional*, defaults to 0):
+            The mask value of unlabelled pixels, or `None`.
+        train_fraction (`float`, *optional*):
+            Fraction of each scene class used for training the probe (0.5 when not given).
+        seed (`int`, *optional*, defaults to 0):
+            Seed of the split, of the probe's shuffling and of the random weights.
+        batch_size (`int`, *optional*, defaults to 64):
+            Images per forward pass.
+        image_size (`int`, *optional*):
+            Side of the square images given to the model; defaults to the processor's size.
+        epochs (`int`, *optional*, defaults to 20), learning_rate (`float`, *optional*, defaults to 1e-2):
+            Training of the probe.
+        random_init (`bool`, *optional*, defaults to `False`):
+            Evaluate the architecture with random weights instead of the trained ones.
+        device (`str` or `torch.device`, *optional*):
+            Defaults to CUDA when available, else the CPU.
+        num_workers (`int`, *optional*, defaults to 0):
+            Processes reading images.
+        cache_path (`str` or `os.PathLike`, *optional*):
+            Feature cache file (see [`extract_features`]).
+        progress_bar (`bool`, *optional*, defaults to `True`):
+            Whether to show a progress bar while encoding.
+
+    Returns:
+        `dict`: JSON-serialisable results: the setup (model, data, split sizes, input and feature map sizes, device,
+        probe settings), the encoding time and a [`segmentation_report`] of the test images (`mean_iou`,
+        `per_class_iou`, `pixel_accuracy`, `num_pixels`).
+    """
+    device = _resolve_device(device)
+    dataset = SegmentationFolder.from_directory(data_dir)
+    train_index, test_index = stratified_split(dataset.scene_labels, train_fraction=train_fraction, seed=seed)
+    masks = [read_mask(path) for path in dataset.mask_paths]
+    if len({mask.shape for mask in masks}) > 1:
+        raise ValueError(f"The masks under {data_dir} differ in size; the probe needs masks of one size.")
+    masks = np.stack(masks)
+    if class_names is None:
+        class_names = [str(value) for value in range(int(masks.max()) + 1)]
+    num_classes = len(class_names)
+    masks = torch.from_numpy(masks.astype(np.uint8 if num_classes <= 256 else np.int64))
+
+    model, processor = load_encoder(model_name_or_path, random_init=random_init, seed=seed)
+    processor_kwargs = _processor_kwargs(processor, image_size)
+    input_size = list(preprocess_image_file(dataset.image_paths[0], processor, **processor_kwargs).shape)
+    start = time.perf_counter()
+    features = extract_features(
+        model,
+        processor,
+        dataset.image_paths,
+        batch_size=batch_size,
+        device=device,
+        pooling=PATCH_FEATURES,
+        cache_path=cache_path,
+        processor_kwargs=processor_kwargs,
+        num_workers=num_workers,
+        progress_bar=progress_bar,
+    )
+    encoding_seconds = time.perf_counter() - start
+
+    train_index, test_index = torch.tensor(train_index), torch.tensor(test_index)
+    predictions = segmentation_probe(
+        features[train_index].to(device),
+        masks[train_index],
+        features[test_index],
+        num_classes,
+        ignore_index=ignore_index,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        seed=seed,
+    )
+    # counted in chunks: the flattened int64 ids of all test pixels would take `8 * num_pixels` bytes at once
+    confusion_matrix = sum(
+        segmentation_confusion_matrix(predicted, true, num_classes, ignore_index)
+        for predicted, true in zip(predictions.split(batch_size), masks[test_index].split(batch_size))
+    )
+    return {
+        **_encoder_description(model, model_name_or_path, random_init),
+        "data_dir": str(data_dir),
+        "num_images": len(dataset),
+        "num_train": len(train_index),
+        "num_test": len(test_index),
+        "seed": seed,
+        "input_size": input_size,
+        "feature_map_size": list(features.shape[1:]),
+        "mask_size": list(masks.shape[1:]),
+        "device": str(device),
+        "encoding_seconds": encoding_seconds,
+        "images_per_second": len(dataset) / encoding_seconds,
+        "probe": {"epochs": epochs, "learning_rate": learning_rate, "ignore_index": ignore_index},
+        **segmentation_report(confusion_matrix, class_names, ignore_index),
+    }
+
+
+def _model_row(results: dict[str, Any]) -> tuple[str, str]:
+    model = results["model"] + (" (random init)" if results["random_init"] else "")
+    return "model", f"{model}, {results['num_parameters'] / 1e6:.1f}M parameters"
+
+
+def _encoding_row(results: dict[str, Any]) -> tuple[str, str]:
+    return (
+        "encoding",
+        f"{results['encoding_seconds']:.1f} s ({results['images_per_second']:.1f} img/s on {results['device']})",
+    )
+
+
+def _format_rows(rows: Sequence[tuple[str, str]]) -> str:
+    name_width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{name_width}}  {value}" for name, value in rows)
+
+
 def format_evaluation_summary(results: dict[str, Any]) -> str:
     """A short plain-text table of the results of [`evaluate_encoder`]."""
-    model = results["model"] + (" (random init)" if results["random_init"] else "")
     input_height, input_width = results["input_size"][-2:]
     rows = [
-        ("model", f"{model}, {results['num_parameters'] / 1e6:.1f}M parameters"),
+        _model_row(results),
         (
             "data",
             f"{results['num_images']} images, {results['num_classes']} classes: {results['num_train']} train / "
             f"{results['num_test']} test (seed {results['seed']})",
         ),
         ("features", f"{results['pooling']}, dim {results['feature_dim']}, input {input_height}x{input_width}"),
-        (
-            "encoding",
-            f"{results['encoding_seconds']:.1f} s ({results['images_per_second']:.1f} img/s on {results['device']})",
-        ),
+        _encoding_row(results),
     ]
     knn = results["knn"]
     rows.append(
@@ -798,23 +1255,59 @@ def format_evaluation_summary(results: dict[str, Any]) -> str:
                 f"{100 * probe['mean_per_class_accuracy']:.2f} %",
             )
         )
-    name_width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{name_width}}  {value}" for name, value in rows)
+    return _format_rows(rows)
+
+
+def format_segmentation_summary(results: dict[str, Any]) -> str:
+    """A short plain-text table of the results of [`evaluate_segmentation`]."""
+    input_height, input_width = results["input_size"][-2:]
+    dim, grid_rows, grid_columns = results["feature_map_size"]
+    per_class = ", ".join(
+        f"{name} {'-' if iou is None else f'{100 * iou:.1f}'}" for name, iou in results["per_class_iou"].items()
+    )
+    probe = results["probe"]
+    return _format_rows(
+        [
+            _model_row(results),
+            (
+                "data",
+                f"{results['num_images']} images with masks: {results['num_train']} train / {results['num_test']} "
+                f"test (seed {results['seed']}), ignoring label {probe['ignore_index']}",
+            ),
+            ("features", f"patch map {dim} x {grid_rows} x {grid_columns}, input {input_height}x{input_width}"),
+            _encoding_row(results),
+            (
+                f"linear seg. probe ({probe['epochs']} epochs)",
+                f"mIoU {100 * results['mean_iou']:.2f} %, pixel accuracy {100 * results['pixel_accuracy']:.2f} %",
+            ),
+            ("IoU per class (%)", per_class),
+        ]
+    )
 
 
 __all__ = [
+    "GID_MTL5_CLASS_NAMES",
     "IMAGE_SUFFIXES",
     "LINEAR_PROBE_WEIGHT_DECAYS",
+    "PATCH_FEATURES",
     "POOLINGS",
     "ImageFolder",
+    "SegmentationFolder",
     "classification_report",
     "evaluate_encoder",
+    "evaluate_segmentation",
     "extract_features",
     "format_evaluation_summary",
+    "format_segmentation_summary",
     "knn_classify",
     "linear_probe",
     "load_encoder",
+    "patch_feature_map",
     "pool_encoder_outputs",
     "preprocess_image_file",
+    "read_mask",
+    "segmentation_confusion_matrix",
+    "segmentation_probe",
+    "segmentation_report",
     "stratified_split",
 ]

@@ -18,8 +18,9 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.backbone_utils import BackboneMixin, filter_output_hidden_states
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs
@@ -574,6 +575,9 @@ class PeraForPreTraining(PeraPreTrainedModel):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         num_crops, batch_size, _, height, width = pixel_values.shape
         num_patches = (height // self.config.patch_size) * (width // self.config.patch_size)
+        if self.config.full_views:
+            every_patch = torch.arange(num_patches, device=pixel_values.device).expand(num_crops, batch_size, -1)
+            return every_patch, every_patch[..., :0], every_patch
         if noise is None:
             noise = torch.rand(num_crops, batch_size, num_patches, device=pixel_values.device)
         elif noise.shape != (num_crops, batch_size, num_patches):
@@ -707,7 +711,7 @@ class PeraForPreTraining(PeraPreTrainedModel):
             pixel_loss=pixel_loss,
             teacher_entropy=teacher_entropy,
             center_norm=center_norm,
-            predicted_pixels=predicted_pixels.view(num_global_crops, batch_size, num_predicted, -1),
+            predicted_pixels=predicted_pixels.view(num_global_crops, batch_size, num_predicted, predicted_pixels.shape[-1]),
             student_patch_index=global_student_index,
             predicted_patch_index=global_predicted_index,
             teacher_patch_index=global_teacher_index,
@@ -752,7 +756,66 @@ class PeraForImageClassification(PeraPreTrainedModel):
         )
 
 
+class PeraBackbone(BackboneMixin, PeraPreTrainedModel):
+    """
+    The PerA encoder as a backbone for dense heads (e.g. transformers' `UperNetForSemanticSegmentation`): returns the
+    feature maps of the stages in `config.out_features` (`"stem"`, `"stage1"` ... `"stage{num_hidden_layers}"`), each
+    passed through the encoder's final LayerNorm, without the CLS token, and reshaped to
+    `(batch_size, hidden_size, height // patch_size, width // patch_size)`.
+
+    The encoder is kept under `pera`, as in [`PeraForImageClassification`], so that encoder, pretraining (teacher) and
+    classification checkpoints all load into it.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from modeling_pera import PeraBackbone, PeraConfig
+
+    >>> config = PeraConfig.from_preset("vit-tiny", image_size=224, out_indices=[3, 6, 9, 12])
+    >>> backbone = PeraBackbone(config)
+    >>> [tuple(feature_map.shape) for feature_map in backbone(torch.randn(1, 3, 224, 224)).feature_maps]
+    [(1, 192, 14, 14), (1, 192, 14, 14), (1, 192, 14, 14), (1, 192, 14, 14)]
+    ```"""
+
+    def __init__(self, config: PeraConfig):
+        super().__init__(config)
+        self.num_features = [config.hidden_size] * (config.num_hidden_layers + 1)
+        self.pera = PeraModel(config)
+        self._freeze_untrained_parameters()
+        self.post_init()
+
+    def _freeze_untrained_parameters(self) -> None:
+        # As in the classifier: the mask token is unused here and would break DDP fine-tuning.
+        self.pera.embeddings.mask_token.requires_grad_(False)
+
+    def get_input_embeddings(self) -> PeraPatchEmbeddings:
+        return self.pera.get_input_embeddings()
+
+    @can_return_tuple
+    @filter_output_hidden_states
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BackboneOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Images of any size divisible by the patch size.
+        """
+        # `filter_output_hidden_states` asks for every hidden state: the embeddings ("stem") and each block's output.
+        outputs: BaseModelOutputWithPooling = self.pera(pixel_values, **kwargs)
+        batch_size, _, height, width = pixel_values.shape
+        grid_height, grid_width = height // self.config.patch_size, width // self.config.patch_size
+        feature_maps = ()
+        for stage, hidden_state in zip(self.stage_names, outputs.hidden_states):
+            if stage in self.out_features:
+                patch_tokens = self.pera.layernorm(hidden_state)[:, 1:]
+                feature_map = patch_tokens.reshape(batch_size, grid_height, grid_width, -1).permute(0, 3, 1, 2)
+                feature_maps += (feature_map.contiguous(),)
+        return BackboneOutput(
+            feature_maps=feature_maps, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
 __all__ = [
+    "PeraBackbone",
     "PeraForImageClassification",
     "PeraForPreTraining",
     "PeraForPreTrainingOutput",

@@ -353,6 +353,11 @@ def test_streaming_views_differ_between_workers_and_epochs(tmp_path):
 
 def test_load_pretraining_dataset_sources_and_errors(rgb_tree, tmp_path, monkeypatch):
     assert load_pretraining_dataset(train_dir=rgb_tree) == find_images(rgb_tree)
+    nested = rgb_tree / "nested"
+    pooled = load_pretraining_dataset(train_dir=[rgb_tree, nested])
+    assert pooled == find_images(rgb_tree) + find_images(nested)
+    with pytest.raises(ValueError, match="one data folder"):
+        load_pretraining_dataset("imagefolder", train_dir=[rgb_tree, nested])
     with pytest.raises(ValueError, match="train_dir"):
         load_pretraining_dataset()
     with pytest.raises(ValueError, match="streaming"):

@@ -20,7 +20,7 @@ from transformers import (
     ViTModel,
 )
 
-from modeling_pera import PeraConfig, PeraImageProcessor, PeraModel
+from modeling_pera import PeraImageProcessor, PeraModel
 from modeling_pera.evaluation import (
     ImageFolder,
     classification_report,
@@ -32,6 +32,7 @@ from modeling_pera.evaluation import (
     preprocess_image_file,
     stratified_split,
 )
+from pera_testing import tiny_config
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -205,17 +206,7 @@ def write_synthetic_folder(root: Path, classes: int = 3, per_class: int = 4) -> 
 
 
 def save_tiny_pera(directory: Path) -> Path:
-    config = PeraConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=32,
-        patch_size=8,
-        local_crop_size=16,
-        head_hidden_size=32,
-        head_bottleneck_size=16,
-        num_prototypes=64,
-    )
+    config = tiny_config()
     # A seed that the random-init encoders of these tests (seeds 0 and 1) do not use.
     torch.manual_seed(1234)
     PeraModel(config).save_pretrained(directory)

@@ -9,26 +9,16 @@ import textwrap
 
 import torch
 
-from modeling_pera import PeraConfig, PeraForPreTraining, PeraImageProcessor
+from modeling_pera import PeraForPreTraining, PeraImageProcessor
 from modeling_pera.configuration_pera import PERA_AUTO_MAP
+from pera_testing import tiny_config
 
 
 HUB_FILES = ("configuration_pera.py", "modeling_pera.py", "image_processing_pera.py")
 
 
 def save_checkpoint(directory):
-    config = PeraConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=32,
-        patch_size=8,
-        local_crop_size=16,
-        head_hidden_size=32,
-        head_bottleneck_size=16,
-        num_prototypes=64,
-        num_labels=3,
-    )
+    config = tiny_config(num_labels=3)
     model = PeraForPreTraining(config).eval()
     with torch.no_grad():
         for parameter in model.student.parameters():

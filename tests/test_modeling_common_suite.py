@@ -7,6 +7,8 @@ DeepSpeed, the kernels library or `RUN_SLOW=1` skip themselves on a CPU-only mac
 """
 
 import dataclasses
+import tarfile
+import types
 import unittest
 from unittest import mock
 
@@ -16,8 +18,8 @@ from transformers import PreTrainedConfig
 from transformers.models.auto import modeling_auto
 from transformers.testing_utils import require_torch, torch_device
 
-from modeling_pera import PeraConfig, PeraForImageClassification, PeraModel, pera_mask_indices
-from transformers_common import import_or_skip
+from modeling_pera import PeraBackbone, PeraConfig, PeraForImageClassification, PeraModel, pera_mask_indices
+from transformers_common import fetch_sdist, import_or_skip, transformers_version
 
 
 common = import_or_skip()
@@ -28,6 +30,20 @@ ConfigTester = common.test_configuration_common.ConfigTester
 config_common_kwargs = common.test_configuration_common.config_common_kwargs
 
 
+def load_backbone_common() -> types.ModuleType:
+    """transformers' `tests/test_backbone_common.py` (`BackboneTesterMixin`), read from the same sdist as the modules
+    above. It imports only transformers itself, so it is run from the archive as it is."""
+    version = transformers_version()
+    with tarfile.open(fetch_sdist(version), "r:gz") as archive:
+        source = archive.extractfile(f"transformers-{version}/tests/test_backbone_common.py").read().decode("utf-8")
+    module = types.ModuleType("transformers_tests.test_backbone_common")
+    exec(compile(source, module.__name__, "exec"), module.__dict__)
+    return module
+
+
+BackboneTesterMixin = load_backbone_common().BackboneTesterMixin
+
+
 # Inside transformers, a model's classes are listed in the Auto name mappings, and the common tests read those lists
 # (e.g. which class gets classification labels, which is a base model without a loss). `AutoModel.register` does not
 # touch them, so the test class lists PerA there while it runs.
@@ -35,6 +51,7 @@ PERA_AUTO_NAMES = (
     (modeling_auto.MODEL_MAPPING_NAMES, "PeraModel"),
     (modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES, "PeraForImageClassification"),
     (modeling_auto.MODEL_FOR_PRETRAINING_MAPPING_NAMES, "PeraForPreTraining"),
+    (modeling_auto.MODEL_FOR_BACKBONE_MAPPING_NAMES, "PeraBackbone"),
 )
 
 
@@ -162,7 +179,7 @@ class PeraModelTest(ModelTesterMixin, unittest.TestCase):
     `all_model_classes`: it takes student/teacher crop pairs rather than `pixel_values` (its own tests cover it).
     """
 
-    all_model_classes = (PeraModel, PeraForImageClassification)
+    all_model_classes = (PeraModel, PeraForImageClassification, PeraBackbone)
     test_resize_embeddings = False
 
     @classmethod
@@ -242,7 +259,9 @@ class PeraModelTest(ModelTesterMixin, unittest.TestCase):
         batch_size, num_channels = self.model_tester.batch_size, self.model_tester.num_channels
         for model_class in self.all_model_classes:
             model = model_class(config).to(torch_device).eval()
-            output_name = "last_hidden_state" if model_class is PeraModel else "logits"
+            output_name = {
+                PeraModel: "last_hidden_state", PeraForImageClassification: "logits", PeraBackbone: "feature_maps"
+            }[model_class]
             for image_size in (self.model_tester.image_size, 2 * self.model_tester.image_size):
                 with self.subTest(model_class.__name__, image_size=image_size):
                     sample = {"pixel_values": floats_tensor([batch_size, num_channels, image_size, image_size])}
@@ -268,3 +287,14 @@ class PeraModelTest(ModelTesterMixin, unittest.TestCase):
             torch.testing.assert_close(
                 program.module()(**inputs).last_hidden_state, model(**inputs).last_hidden_state
             )
+
+
+@require_torch
+class PeraBackboneTest(BackboneTesterMixin, unittest.TestCase):
+    """transformers' common backbone tests on `PeraBackbone`, as `Dinov2BackboneTest` runs them."""
+
+    all_model_classes = (PeraBackbone,)
+    config_class = PeraConfig
+
+    def setUp(self):
+        self.model_tester = PeraModelTester(self)

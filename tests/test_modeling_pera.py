@@ -9,28 +9,15 @@ import torch.nn.functional as F
 
 from modeling_pera import PeraConfig, PeraForPreTraining, PeraModel, pera_mask_counts, pera_mask_indices
 from modeling_pera.modeling_pera import patchify
+from pera_testing import tiny_config as shared_tiny_config
 
 
 BATCH = 3
 
 
 def tiny_config(**overrides) -> PeraConfig:
-    settings = dict(
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        image_size=32,
-        patch_size=8,
-        local_crop_size=16,
-        num_global_crops=2,
-        num_local_crops=3,
-        head_hidden_size=48,
-        head_bottleneck_size=16,
-        num_prototypes=64,
-        drop_path_rate=0.0,
-    )
-    settings.update(overrides)
-    return PeraConfig(**settings)
+    # deeper than the shared tiny model, so the mask tokens join after two blocks; no drop path, for exact comparisons
+    return shared_tiny_config(**{"num_hidden_layers": 4, "num_local_crops": 3, "head_hidden_size": 48, "drop_path_rate": 0.0, **overrides})
 
 
 def crops(config: PeraConfig, batch_size: int = BATCH, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -456,3 +443,18 @@ def test_classifier_mask_token_stays_frozen_after_loading(tmp_path):
     for model in (classifier, PeraForImageClassification.from_pretrained(tmp_path)):
         assert not model.pera.embeddings.mask_token.requires_grad
         assert model.pera.embeddings.patch_embeddings.projection.weight.requires_grad
+
+
+def test_full_view_baseline_shows_every_patch_to_both_networks():
+    config = tiny_config(full_views=True)
+    model = PeraForPreTraining(config).eval()
+    inputs = crops(config)
+    outputs = model(**inputs)
+    num_patches = (config.image_size // config.patch_size) ** 2
+    assert outputs.student_patch_index.shape[-1] == outputs.teacher_patch_index.shape[-1] == num_patches
+    assert outputs.predicted_pixels.shape[2] == 0 and outputs.pixel_loss == 0
+    # no patch is hidden from the teacher any more: editing any one changes its targets
+    views = inputs["teacher_global_pixel_values"]
+    for patch in (0, num_patches - 1):
+        edited = set_patch(views.flatten(0, 1), patch, config.patch_size, 100.0).view_as(views)
+        assert not torch.equal(model(**{**inputs, "teacher_global_pixel_values": edited}).teacher_entropy, outputs.teacher_entropy)

@@ -19,13 +19,11 @@ from safetensors.torch import load_file
 from modeling_pera import PeraConfig, PeraForPreTraining
 from modeling_pera.schedules import PretrainingSchedule
 from modeling_pera.training import PretrainingArguments, parse_config_overrides, pretrain, student_parameter_groups
+from pera_testing import tiny_config_overrides
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY_MODEL = (
-    "hidden_size=32,num_hidden_layers=2,num_attention_heads=4,image_size=32,patch_size=8,local_crop_size=16,"
-    "num_local_crops=2,head_hidden_size=32,head_bottleneck_size=16,num_prototypes=64"
-)
+TINY_MODEL = tiny_config_overrides(num_local_crops=2)
 
 
 def tiny_arguments(train_dir, output_dir, **overrides) -> PretrainingArguments:
