@@ -2,7 +2,12 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
+
+# The tests' models are tiny: one thread runs them hundreds of times faster than two threads fighting over the
+# cores with the other processes of the suite.
+torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PERA_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))

@@ -64,7 +64,8 @@ def test_remote_code_loads_offline_without_the_package(tmp_path):
         pixel_values = processor(reference["image"].numpy(), return_tensors="pt")["pixel_values"]
         with torch.no_grad():
             output = encoder(pixel_values).last_hidden_state
-        torch.testing.assert_close(output, reference["expected"], rtol=0, atol=0)
+        # the test process computes with one thread, this one with the default: summation order differs slightly
+        torch.testing.assert_close(output, reference["expected"], rtol=1e-5, atol=1e-6)
         pretraining = AutoModelForPreTraining.from_pretrained(checkpoint, trust_remote_code=True)
         assert type(pretraining).__name__ == "PeraForPreTraining"
         classifier = AutoModelForImageClassification.from_pretrained(checkpoint, trust_remote_code=True)
