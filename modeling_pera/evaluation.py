@@ -958,6 +958,47 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
+def _encode_files(
+    model_name_or_path: str | os.PathLike,
+    paths: Sequence[str | os.PathLike],
+    random_init: bool,
+    seed: int,
+    image_size: int | None,
+    pooling: str,
+    batch_size: int,
+    device: torch.device,
+    num_workers: int,
+    cache_path: str | os.PathLike | None,
+    progress_bar: bool,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Loads the encoder and encodes `paths`: the features and the setup entries of the results (encoder, input size,
+    encoding time)."""
+    model, processor = load_encoder(model_name_or_path, random_init=random_init, seed=seed)
+    processor_kwargs = _processor_kwargs(processor, image_size)
+    input_size = list(preprocess_image_file(paths[0], processor, **processor_kwargs).shape)
+    start = time.perf_counter()
+    features = extract_features(
+        model,
+        processor,
+        paths,
+        batch_size=batch_size,
+        device=device,
+        pooling=pooling,
+        cache_path=cache_path,
+        processor_kwargs=processor_kwargs,
+        num_workers=num_workers,
+        progress_bar=progress_bar,
+    )
+    encoding_seconds = time.perf_counter() - start
+    setup = {
+        **_encoder_description(model, model_name_or_path, random_init),
+        "input_size": input_size,
+        "encoding_seconds": encoding_seconds,
+        "images_per_second": len(paths) / encoding_seconds,
+    }
+    return features, setup
+
+
 def evaluate_encoder(
     model_name_or_path: str | os.PathLike,
     data_dir: str | os.PathLike,
@@ -1025,25 +1066,10 @@ def evaluate_encoder(
     device = _resolve_device(device)
     dataset = ImageFolder.from_directory(data_dir)
     train_index, test_index = stratified_split(dataset.labels, train_fraction, train_per_class, seed)
-    model, processor = load_encoder(model_name_or_path, random_init=random_init, seed=seed)
-
-    processor_kwargs = _processor_kwargs(processor, image_size)
-    input_size = list(preprocess_image_file(dataset.paths[0], processor, **processor_kwargs).shape)
-
-    start = time.perf_counter()
-    features = extract_features(
-        model,
-        processor,
-        dataset.paths,
-        batch_size=batch_size,
-        device=device,
-        pooling=pooling,
-        cache_path=cache_path,
-        processor_kwargs=processor_kwargs,
-        num_workers=num_workers,
-        progress_bar=progress_bar,
+    features, setup = _encode_files(
+        model_name_or_path, dataset.paths, random_init, seed, image_size, pooling, batch_size, device, num_workers,
+        cache_path, progress_bar,
     )
-    encoding_seconds = time.perf_counter() - start
 
     labels = torch.tensor(dataset.labels)
     train_features, test_features = features[train_index].to(device), features[test_index].to(device)
@@ -1051,19 +1077,16 @@ def evaluate_encoder(
     num_classes = len(dataset.class_names)
     knn_predictions = knn_classify(train_features, train_labels, test_features, num_classes, k, temperature)
     results = {
-        **_encoder_description(model, model_name_or_path, random_init),
+        **setup,
         "data_dir": str(data_dir),
         "num_images": len(dataset),
         "num_classes": num_classes,
         "num_train": len(train_index),
         "num_test": len(test_index),
         "seed": seed,
-        "input_size": input_size,
         "pooling": pooling,
         "feature_dim": features.shape[1],
         "device": str(device),
-        "encoding_seconds": encoding_seconds,
-        "images_per_second": len(dataset) / encoding_seconds,
         "knn": {
             "k": k,
             "temperature": temperature,
@@ -1157,23 +1180,10 @@ def evaluate_segmentation(
     num_classes = len(class_names)
     masks = torch.from_numpy(masks.astype(np.uint8 if num_classes <= 256 else np.int64))
 
-    model, processor = load_encoder(model_name_or_path, random_init=random_init, seed=seed)
-    processor_kwargs = _processor_kwargs(processor, image_size)
-    input_size = list(preprocess_image_file(dataset.image_paths[0], processor, **processor_kwargs).shape)
-    start = time.perf_counter()
-    features = extract_features(
-        model,
-        processor,
-        dataset.image_paths,
-        batch_size=batch_size,
-        device=device,
-        pooling=PATCH_FEATURES,
-        cache_path=cache_path,
-        processor_kwargs=processor_kwargs,
-        num_workers=num_workers,
-        progress_bar=progress_bar,
+    features, setup = _encode_files(
+        model_name_or_path, dataset.image_paths, random_init, seed, image_size, PATCH_FEATURES, batch_size, device,
+        num_workers, cache_path, progress_bar,
     )
-    encoding_seconds = time.perf_counter() - start
 
     train_index, test_index = torch.tensor(train_index), torch.tensor(test_index)
     predictions = segmentation_probe(
@@ -1192,18 +1202,15 @@ def evaluate_segmentation(
         for predicted, true in zip(predictions.split(batch_size), masks[test_index].split(batch_size))
     )
     return {
-        **_encoder_description(model, model_name_or_path, random_init),
+        **setup,
         "data_dir": str(data_dir),
         "num_images": len(dataset),
         "num_train": len(train_index),
         "num_test": len(test_index),
         "seed": seed,
-        "input_size": input_size,
         "feature_map_size": list(features.shape[1:]),
         "mask_size": list(masks.shape[1:]),
         "device": str(device),
-        "encoding_seconds": encoding_seconds,
-        "images_per_second": len(dataset) / encoding_seconds,
         "probe": {"epochs": epochs, "learning_rate": learning_rate, "ignore_index": ignore_index},
         **segmentation_report(confusion_matrix, class_names, ignore_index),
     }
