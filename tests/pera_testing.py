@@ -1,5 +1,11 @@
 """Shared test settings: the tiny PerA used wherever a test needs a real but fast model."""
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 from modeling_pera import PeraConfig
 
 
@@ -24,3 +30,26 @@ def tiny_config(**overrides) -> PeraConfig:
 def tiny_config_overrides(**overrides) -> str:
     """The tiny settings as a `--config_overrides` string."""
     return ",".join(f"{key}={value}" for key, value in {**TINY_SETTINGS, **overrides}.items())
+
+
+def run_without_package(script: str, *arguments, workdir: Path) -> subprocess.CompletedProcess:
+    """
+    Runs the Python `script` (with `arguments` in `sys.argv[1:]`) in a fresh process set up like a user's machine
+    without this package: `modeling_pera` cannot be imported, the Hub is offline and `HF_HOME` is private to
+    `workdir`, the working directory. Fails the calling test with the process's output when the script fails.
+    """
+    environment = {
+        key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "HF_HOME", "HF_MODULES_CACHE")
+    }
+    environment.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(workdir / "hf_home"))
+    blocked = 'import sys\nsys.modules["modeling_pera"] = None  # the package is not installed there\n'
+    result = subprocess.run(
+        [sys.executable, "-c", blocked + textwrap.dedent(script), *map(str, arguments)],
+        cwd=workdir,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result

@@ -2,11 +2,8 @@
 transformers pipelines on saved checkpoints."""
 
 import json
-import os
 import runpy
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +15,7 @@ from transformers import TrainingArguments
 
 from modeling_pera import PeraForImageClassification, PeraForPreTraining, PeraImageProcessor, PeraModel
 from modeling_pera.finetuning import LayerDecayTrainer, RandomResizedCropTransform, parameter_depth
-from pera_testing import tiny_config
+from pera_testing import run_without_package, tiny_config
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -184,10 +181,7 @@ def test_trainer_fine_tuning_separates_the_classes(finetuned):
 def test_pipelines_load_our_checkpoints_offline_without_the_package(finetuned, checkpoints, tmp_path):
     for class_name, colour in CLASS_COLOURS.items():
         Image.fromarray(np.full((48, 48, 3), colour, dtype=np.uint8)).save(tmp_path / f"{class_name}.png")
-    script = textwrap.dedent(
-        """
-        import sys
-        sys.modules["modeling_pera"] = None  # the Hub code files must do
+    script = """
         import numpy as np
         from PIL import Image
         from transformers import pipeline
@@ -204,19 +198,6 @@ def test_pipelines_load_our_checkpoints_offline_without_the_package(finetuned, c
         assert np.array(extract(image)).shape == (1, 17, 32)  # CLS + 4 x 4 patches at 32 px
         assert np.array(extract(image, pool=True)).shape == (1, 32)
         print("pipelines OK")
-        """
-    )
-    environment = {
-        key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "HF_HOME", "HF_MODULES_CACHE")
-    }
-    environment.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(finetuned), str(checkpoints["encoder"]), str(tmp_path)],
-        cwd=tmp_path,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    """
+    result = run_without_package(script, finetuned, checkpoints["encoder"], tmp_path, workdir=tmp_path)
     assert "pipelines OK" in result.stdout

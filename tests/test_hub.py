@@ -2,16 +2,12 @@
 process where `modeling_pera` cannot be imported, offline."""
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import torch
 
 from modeling_pera import PeraForPreTraining, PeraImageProcessor
 from modeling_pera.configuration_pera import PERA_AUTO_MAP
-from pera_testing import tiny_config
+from pera_testing import run_without_package, tiny_config
 
 
 HUB_FILES = ("configuration_pera.py", "modeling_pera.py", "image_processing_pera.py")
@@ -48,10 +44,7 @@ def test_remote_code_loads_offline_without_the_package(tmp_path):
         expected = model.pera(pixel_values).last_hidden_state
     torch.save({"image": torch.from_numpy(image), "expected": expected}, tmp_path / "expected.pt")
 
-    script = textwrap.dedent(
-        """
-        import sys
-        sys.modules["modeling_pera"] = None  # make the installed package unimportable
+    script = """
         import torch
         from transformers import (AutoImageProcessor, AutoModel, AutoModelForImageClassification,
                                   AutoModelForPreTraining)
@@ -71,19 +64,6 @@ def test_remote_code_loads_offline_without_the_package(tmp_path):
         classifier = AutoModelForImageClassification.from_pretrained(checkpoint, trust_remote_code=True)
         assert classifier(pixel_values).logits.shape == (1, 3)
         print("remote code OK")
-        """
-    )
-    environment = {
-        key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "HF_HOME", "HF_MODULES_CACHE")
-    }
-    environment.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), TRANSFORMERS_OFFLINE="1")
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path / "checkpoint"), str(tmp_path / "expected.pt")],
-        cwd=tmp_path,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    """
+    result = run_without_package(script, tmp_path / "checkpoint", tmp_path / "expected.pt", workdir=tmp_path)
     assert "remote code OK" in result.stdout

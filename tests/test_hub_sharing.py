@@ -3,11 +3,7 @@ trust_remote_code where `modeling_pera` cannot be imported and runs the card's o
 parses, and the upload calls the Hub API with the right arguments (a recorder stands in for `HfApi`)."""
 
 import json
-import os
 import re
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -20,7 +16,7 @@ from modeling_pera import PeraForPreTraining, PeraImageProcessor
 from modeling_pera.hub import probe_results_from_evaluation, push_folder_to_hub, write_model_card
 from modeling_pera.image_processing_pera import SENTINEL2_L2A_BANDS, SENTINEL2_L2A_MEAN, SENTINEL2_L2A_STD
 from modeling_pera.training import PretrainingArguments, export_pretrained, push_encoder
-from pera_testing import tiny_config
+from pera_testing import run_without_package, tiny_config
 
 
 HUB_FILES = ("configuration_pera.py", "modeling_pera.py", "image_processing_pera.py")
@@ -91,10 +87,7 @@ def test_pushed_folder_loads_with_remote_code_and_runs_its_card_example(tmp_path
         expected = model.pera(processor(image, return_tensors="pt")["pixel_values"]).pooler_output
     torch.save(expected, tmp_path / "expected.pt")
 
-    script = textwrap.dedent(
-        """
-        import sys
-        sys.modules["modeling_pera"] = None  # the package is not installed where the model is downloaded
+    script = """
         import torch
 
         namespace = {}
@@ -105,21 +98,8 @@ def test_pushed_folder_loads_with_remote_code_and_runs_its_card_example(tmp_path
         torch.testing.assert_close(namespace["image_features"], torch.load("expected.pt"), rtol=0, atol=1e-6)
         assert namespace["patch_features"].shape == (1, 16, 32), namespace["patch_features"].shape
         print("card example OK")
-        """
-    )
-    environment = {
-        key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "HF_HOME", "HF_MODULES_CACHE")
-    }
-    environment.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
-    result = subprocess.run(
-        [sys.executable, "-c", script, example],
-        cwd=tmp_path,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    """
+    result = run_without_package(script, example, workdir=tmp_path)
     assert "card example OK" in result.stdout
 
 

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from modeling_pera import PeraConfig, PeraForPreTraining
 from modeling_pera.schedules import PretrainingSchedule
 from modeling_pera.training import PretrainingArguments, parse_config_overrides, pretrain, student_parameter_groups
-from pera_testing import tiny_config_overrides
+from pera_testing import run_without_package, tiny_config_overrides
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -51,10 +51,7 @@ def write_rgb_images(folder: Path, count: int = 12) -> Path:
 
 
 def load_encoder_without_package(encoder_dir: Path, num_channels: int) -> str:
-    script = textwrap.dedent(
-        f"""
-        import sys
-        sys.modules["modeling_pera"] = None
+    script = f"""
         import torch
         from transformers import AutoImageProcessor, AutoModel
         encoder = AutoModel.from_pretrained({str(encoder_dir)!r}, trust_remote_code=True)
@@ -63,14 +60,7 @@ def load_encoder_without_package(encoder_dir: Path, num_channels: int) -> str:
         features = encoder(**processor(image, input_data_format="channels_first", return_tensors="pt")).pooler_output
         print(type(encoder).__name__, tuple(features.shape))
         """
-    )
-    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    environment.update(HF_HUB_OFFLINE="1", HF_HOME=str(encoder_dir.parent / "hf_home"))
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=encoder_dir.parent, env=environment, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
+    return run_without_package(script, workdir=encoder_dir.parent).stdout.strip()
 
 
 def test_schedules_follow_the_reference_shapes():
