@@ -389,6 +389,14 @@ def _train_and_evaluate(trainer: Trainer) -> dict[str, float]:
     return metrics
 
 
+def split_parallel_lists(
+    labels: Sequence[int], validation_fraction: float, seed: int, *lists: Sequence
+) -> tuple[list[list], list[list]]:
+    """A fixed-seed split, stratified by `labels`, of the parallel `lists` into their train and evaluation parts."""
+    train_index, eval_index = stratified_split(labels, train_fraction=1 - validation_fraction, seed=seed)
+    return [[items[i] for i in train_index] for items in lists], [[items[i] for i in eval_index] for items in lists]
+
+
 def finetune_classification(
     arguments: ClassificationArguments, training_arguments: TrainingArguments
 ) -> dict[str, float]:
@@ -406,13 +414,13 @@ def finetune_classification(
     train_folder = ImageFolder.from_directory(arguments.train_dir)
     class_names = train_folder.class_names
     if arguments.validation_dir is None:
-        train_index, eval_index = stratified_split(
-            train_folder.labels, train_fraction=1 - arguments.train_val_split, seed=training_arguments.seed
+        (train_paths, train_labels), (eval_paths, eval_labels) = split_parallel_lists(
+            train_folder.labels,
+            arguments.train_val_split,
+            training_arguments.seed,
+            train_folder.paths,
+            train_folder.labels,
         )
-        train_paths = [train_folder.paths[index] for index in train_index]
-        train_labels = [train_folder.labels[index] for index in train_index]
-        eval_paths = [train_folder.paths[index] for index in eval_index]
-        eval_labels = [train_folder.labels[index] for index in eval_index]
     else:
         eval_folder = ImageFolder.from_directory(arguments.validation_dir)
         if eval_folder.class_names != class_names:
@@ -527,13 +535,13 @@ def finetune_segmentation(
     """
     train_folder = SegmentationFolder.from_directory(arguments.train_dir)
     if arguments.validation_dir is None:
-        train_index, eval_index = stratified_split(
-            train_folder.scene_labels, train_fraction=1 - arguments.train_val_split, seed=training_arguments.seed
+        (train_images, train_masks), (eval_images, eval_masks) = split_parallel_lists(
+            train_folder.scene_labels,
+            arguments.train_val_split,
+            training_arguments.seed,
+            train_folder.image_paths,
+            train_folder.mask_paths,
         )
-        train_images = [train_folder.image_paths[index] for index in train_index]
-        train_masks = [train_folder.mask_paths[index] for index in train_index]
-        eval_images = [train_folder.image_paths[index] for index in eval_index]
-        eval_masks = [train_folder.mask_paths[index] for index in eval_index]
     else:
         eval_folder = SegmentationFolder.from_directory(arguments.validation_dir)
         train_images, train_masks = train_folder.image_paths, train_folder.mask_paths
