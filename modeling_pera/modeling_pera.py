@@ -686,14 +686,15 @@ class PeraForPreTraining(PeraPreTrainedModel):
             koleo = koleo * 0.0
 
         num_predicted = global_predicted_index.shape[-1]
-        predicted_pixels = self.pixel_head(global_output.last_hidden_state[:, global_output.last_hidden_state.shape[1] - num_predicted :])
-        target_pixels = gather_tokens(
-            patchify(student_global_pixel_values.flatten(0, 1), self.config.patch_size),
-            global_predicted_index.flatten(0, 1),
-        )
+        sequence_length = global_output.last_hidden_state.shape[1]
+        predicted_pixels = self.pixel_head(global_output.last_hidden_state[:, sequence_length - num_predicted :])
         if num_predicted > 0:
+            target_pixels = gather_tokens(
+                patchify(student_global_pixel_values.flatten(0, 1), self.config.patch_size),
+                global_predicted_index.flatten(0, 1),
+            )
             pixel_loss = (predicted_pixels.float() - target_pixels.float()).pow(2).sum(dim=-1).mean()
-        else:
+        else:  # the full-view baseline predicts nothing
             pixel_loss = predicted_pixels.sum() * 0.0
 
         loss = (
