@@ -11,13 +11,12 @@ runs in a fresh process, so peak memory is its own: CUDA `max_memory_allocated`,
 Variants:
 - `pera`: PeraForPreTraining as configured (student sees 20 %, teacher 60 % of each crop's patches);
 - `full_view`: the same model with `full_views=True` (student and teacher see every patch, no mask tokens);
-- `mae`: `ViTMAEForPreTraining` with the same encoder size, patch and global crop size, default decoder, one global
-  crop per image (MAE's own recipe).
+- `mae`: `ViTMAEForPreTraining` with the same encoder size, patch and global crop size, one global crop per image
+  (MAE's own recipe; see `modeling_pera.baselines.mae_config_from_pera` for the decoder).
 """
 
 import argparse
 import json
-import re
 import resource
 import statistics
 import subprocess
@@ -26,28 +25,19 @@ import time
 from pathlib import Path
 
 import torch
+from reporting import write_section
 
 
 VARIANTS = ("pera", "full_view", "mae")
 
 
 def build(variant: str, config, device: torch.device):
-    from transformers import ViTMAEConfig, ViTMAEForPreTraining
-
     from modeling_pera import PeraForPreTraining
+    from modeling_pera.baselines import build_mae, mae_config_from_pera
     from modeling_pera.training import student_parameter_groups
 
     if variant == "mae":
-        mae_config = ViTMAEConfig(
-            hidden_size=config.hidden_size,
-            num_hidden_layers=config.num_hidden_layers,
-            num_attention_heads=config.num_attention_heads,
-            intermediate_size=config.intermediate_size,
-            image_size=config.image_size,
-            patch_size=config.patch_size,
-            num_channels=config.num_channels,
-        )
-        model = ViTMAEForPreTraining(mae_config)
+        model = build_mae(mae_config_from_pera(config))
         groups = [{"params": [p for p in model.parameters() if p.requires_grad], "apply_weight_decay": True}]
     else:
         config.full_views = variant == "full_view"
@@ -203,15 +193,6 @@ def markdown_table(report: dict) -> str:
     if report.get("max_batch"):
         lines += ["", "Largest batch that fits: " + ", ".join(f"{k} {v}" for k, v in report["max_batch"].items())]
     return "\n".join(lines)
-
-
-def write_section(markdown_path: Path, section: str, table: str) -> None:
-    """Replaces (or appends) the block between `<!-- BEGIN {section} -->` and `<!-- END {section} -->`."""
-    text = markdown_path.read_text() if markdown_path.exists() else "# Benchmarks\n"
-    block = f"<!-- BEGIN {section} -->\n{table}\n<!-- END {section} -->"
-    pattern = re.compile(rf"<!-- BEGIN {re.escape(section)} -->.*?<!-- END {re.escape(section)} -->", re.DOTALL)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    markdown_path.write_text(text)
 
 
 def main():

@@ -490,6 +490,59 @@ class PeraForPreTrainingOutput(ModelOutput):
     teacher_patch_index: torch.LongTensor | None = None
 
 
+class _SoftTargetCrossEntropy(torch.autograd.Function):
+    """The autograd of [`soft_target_cross_entropy`]: saves its inputs and one log-normaliser per row, and recomputes
+    the softmax chunk by chunk in backward instead of keeping a float32 copy of the logits."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, target_probs: torch.Tensor, temperature: float, chunk_rows: int):
+        row_losses = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+        log_normalizers = torch.empty_like(row_losses)
+        for start in range(0, logits.shape[0], chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            scaled = logits[rows].float() / temperature
+            targets = target_probs[rows]
+            log_normalizers[rows] = torch.logsumexp(scaled, dim=-1)
+            row_losses[rows] = log_normalizers[rows] * targets.sum(dim=-1) - torch.einsum("rk,rk->r", targets, scaled)
+        ctx.save_for_backward(logits, target_probs, log_normalizers)
+        ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
+        return row_losses.mean()
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        logits, target_probs, log_normalizers = ctx.saved_tensors
+        grad_logits = torch.empty_like(logits)
+        scale = grad_output / (logits.shape[0] * ctx.temperature)
+        for start in range(0, logits.shape[0], ctx.chunk_rows):
+            rows = slice(start, start + ctx.chunk_rows)
+            targets = target_probs[rows]
+            probs = torch.exp(logits[rows].float() / ctx.temperature - log_normalizers[rows, None])
+            grad_logits[rows] = ((probs * targets.sum(dim=-1, keepdim=True) - targets) * scale).to(logits.dtype)
+        return grad_logits, None, None, None
+
+
+def soft_target_cross_entropy(
+    logits: torch.Tensor, target_probs: torch.Tensor, temperature: float, chunk_elements: int = 2**24
+) -> torch.Tensor:
+    """
+    `-(target_probs * log_softmax(logits / temperature)).sum(-1).mean()`, computed in float32 over chunks of rows.
+
+    With 131072 prototypes the logits of one step are hundreds of MB; the plain expression keeps float32 copies of
+    them for backward (the cast, the scaled logits, the log-probabilities). Here only the inputs (in their own dtype,
+    e.g. bf16) and one number per row are kept, and no temporary exceeds `chunk_elements` float32 values.
+
+    Args:
+        logits (`torch.Tensor` of shape `(rows, classes)`):
+            The student's logits, any float dtype; receives the gradient.
+        target_probs (`torch.Tensor` of shape `(rows, classes)`):
+            The teacher's target distributions (no gradient).
+        temperature (`float`):
+            Divides the logits before the softmax.
+    """
+    chunk_rows = max(1, chunk_elements // logits.shape[-1])
+    return _SoftTargetCrossEntropy.apply(logits, target_probs.detach(), temperature, chunk_rows)
+
+
 def koleo_loss(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """
     KoLeo regulariser `-mean(log(distance to nearest neighbour))` of L2-normalised `features` `(groups, batch, dim)`,
@@ -656,9 +709,14 @@ class PeraForPreTraining(PeraPreTrainedModel):
                 for _, teacher_view, _, teacher_index in crops
             ]
             teacher_logits = self.teacher_dino_head(torch.cat(teacher_cls))
-            teacher_log_probs = F.log_softmax((teacher_logits.float() - self.center) / teacher_temperature, dim=-1)
-            teacher_probs = teacher_log_probs.exp()
-            teacher_entropy = -(teacher_probs * teacher_log_probs).sum(dim=-1).mean()
+            # float32 from here (the centre is float32), in place where possible: the logits are large
+            scaled_teacher_logits = (teacher_logits - self.center).div_(teacher_temperature)
+            teacher_probs = torch.softmax(scaled_teacher_logits, dim=-1)
+            teacher_entropy = (
+                torch.logsumexp(scaled_teacher_logits, dim=-1)
+                - torch.einsum("rk,rk->r", teacher_probs, scaled_teacher_logits)
+            ).mean()
+            del scaled_teacher_logits
             center_norm = torch.linalg.vector_norm(self.center)
 
         # Student: CLS + S, and for global crops the mask tokens of R joining before `mask_token_layer`; they come
@@ -677,8 +735,7 @@ class PeraForPreTraining(PeraPreTrainedModel):
         student_logits = self.student_dino_head(torch.cat(student_cls))
 
         # Rows of student and teacher logits are the same (crop, image) pairs: the loss only compares aligned pairs.
-        student_log_probs = F.log_softmax(student_logits.float() / self.config.student_temperature, dim=-1)
-        dino_loss = -(teacher_probs * student_log_probs).sum(dim=-1).mean()
+        dino_loss = soft_target_cross_entropy(student_logits, teacher_probs, self.config.student_temperature)
 
         global_logits = student_logits[: num_global_crops * batch_size]
         koleo = koleo_loss(global_logits.view(num_global_crops, batch_size, -1))
@@ -825,4 +882,5 @@ __all__ = [
     "koleo_loss",
     "patchify",
     "pera_mask_indices",
+    "soft_target_cross_entropy",
 ]

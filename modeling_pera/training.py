@@ -32,9 +32,23 @@ from .views import AlignedPairViews
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS_DIRNAME = "checkpoints"
+SNAPSHOTS_DIRNAME = "snapshots"
 TRAINER_STATE_NAME = "trainer_state.json"
 # Parameters that are not weight matrices: decaying them pulls tokens, positions, scales and offsets to zero.
 NO_DECAY_NAMES = ("cls_token", "mask_token", "position_embeddings", "weight_g")
+
+
+# Hyper-parameter sets. "reference" is method.md's recipe, made for 200 epochs over millions of images. Measured on
+# short CPU runs (docs/training.md), it does not beat a random-init encoder: its 131072 (or thousands of) prototypes
+# keep the teacher's targets near-uniform for hundreds of steps. "short-budget" learns within a few hundred steps:
+# fewer prototypes, lighter drop path, an lr for small batches and a faster-moving teacher.
+RECIPES: dict[str, dict[str, dict]] = {
+    "reference": {"config": {}, "arguments": {"learning_rate": 1e-3, "momentum_start": 0.992}},
+    "short-budget": {
+        "config": {"num_prototypes": 1024, "drop_path_rate": 0.1},
+        "arguments": {"learning_rate": 2e-4, "momentum_start": 0.99},
+    },
+}
 
 
 @dataclass
@@ -55,6 +69,13 @@ class PretrainingArguments:
         default=None,
         metadata={"help": "Comma-separated config settings, e.g. 'image_size=224,local_crop_size=96,num_prototypes=8192'."},
     )
+    recipe: str = field(
+        default="reference",
+        metadata={
+            "help": "Hyper-parameter set: 'reference' (method.md) or 'short-budget' (runs of a few hundred to a few "
+            "thousand steps; see RECIPES). --learning_rate, --momentum_start and --config_overrides win over it."
+        },
+    )
     processor_preset: str | None = field(
         default=None, metadata={"help": "Band statistics preset (default: pera-rgb for 3 bands, rgbn for 4)."}
     )
@@ -62,18 +83,26 @@ class PretrainingArguments:
     num_train_epochs: int = field(default=100, metadata={"help": "Epochs, unless --max_train_steps is given."})
     max_train_steps: int | None = field(default=None, metadata={"help": "Total optimizer steps; overrides epochs."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
-    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (not scaled by batch size)."})
+    learning_rate: float | None = field(
+        default=None, metadata={"help": "Peak learning rate, not scaled by batch size (default: the recipe's)."}
+    )
     min_learning_rate: float = field(default=1e-6, metadata={"help": "Final learning rate of the cosine."})
     warmup_fraction: float = field(default=0.1, metadata={"help": "Fraction of steps of linear lr warm-up."})
     weight_decay_start: float = field(default=0.04, metadata={"help": "Weight decay at the start (cosine)."})
     weight_decay_end: float = field(default=0.2, metadata={"help": "Weight decay at the end."})
-    momentum_start: float = field(default=0.992, metadata={"help": "Teacher EMA momentum at the start (cosine to 1)."})
+    momentum_start: float | None = field(
+        default=None, metadata={"help": "Teacher EMA momentum at the start, cosine to 1 (default: the recipe's)."}
+    )
     teacher_temperature_start: float = field(default=0.03, metadata={"help": "Teacher temperature at the start."})
     teacher_temperature_end: float = field(default=0.05, metadata={"help": "Teacher temperature after warm-up."})
     teacher_temperature_warmup_fraction: float = field(default=0.15, metadata={"help": "Fraction of steps of warm-up."})
     max_grad_norm: float = field(default=3.0, metadata={"help": "Gradient clipping norm."})
     checkpointing_steps: int | None = field(default=None, metadata={"help": "Save a resumable checkpoint every N steps."})
     checkpoints_total_limit: int = field(default=2, metadata={"help": "Keep at most this many step checkpoints."})
+    snapshot_steps: list[int] | None = field(
+        default=None,
+        metadata={"help": "Also save the encoder after these steps to output_dir/snapshots/step_N (quality over time)."},
+    )
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "A checkpoint folder, or 'latest' for the newest one in output_dir."}
     )
@@ -86,6 +115,17 @@ class PretrainingArguments:
     push_to_hub: bool = field(default=False, metadata={"help": "Upload the encoder to the Hub at the end."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repository for --push_to_hub."})
     hub_token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one)."})
+
+    def __post_init__(self):
+        if self.recipe not in RECIPES:
+            raise ValueError(f"Unknown --recipe {self.recipe!r}; choose one of {sorted(RECIPES)}.")
+        for name, value in RECIPES[self.recipe]["arguments"].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+
+    def model_config_overrides(self) -> dict:
+        """The config settings of a new model: the recipe's, then `--config_overrides` on top."""
+        return {**RECIPES[self.recipe]["config"], **parse_config_overrides(self.config_overrides)}
 
 
 def parse_config_overrides(overrides: str | None) -> dict:
@@ -154,6 +194,17 @@ def replace_directory(staging: Path, target: Path) -> None:
         staging.rename(target)
 
 
+def export_encoder(model: PeraForPreTraining, processor: PeraImageProcessor, target: str | os.PathLike) -> None:
+    """Writes the teacher as a stand-alone `PeraModel` with the image processor and the Hub code files to `target`,
+    through a staging folder so that an interrupted export never leaves a half-written one."""
+    target = Path(target)
+    staging = target.with_name(f".staging_{target.name}")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.pera.save_pretrained(staging)
+    processor.save_pretrained(staging)
+    replace_directory(staging, target)
+
+
 def export_pretrained(model: PeraForPreTraining, processor: PeraImageProcessor, output_dir: str | os.PathLike) -> None:
     """
     Writes the full pretraining checkpoint to `output_dir` and the teacher as a stand-alone `PeraModel` to
@@ -161,11 +212,7 @@ def export_pretrained(model: PeraForPreTraining, processor: PeraImageProcessor, 
     folder first and then moved in place, so an interrupted export never leaves a half-written file.
     """
     output_dir = Path(output_dir)
-    encoder_staging = output_dir / ".staging_encoder"
-    shutil.rmtree(encoder_staging, ignore_errors=True)
-    model.pera.save_pretrained(encoder_staging)
-    processor.save_pretrained(encoder_staging)
-    replace_directory(encoder_staging, output_dir / "encoder")
+    export_encoder(model, processor, output_dir / "encoder")
 
     staging = output_dir / ".staging_pretraining"
     shutil.rmtree(staging, ignore_errors=True)
@@ -196,11 +243,12 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, tot
 
 
 def build_model(arguments: PretrainingArguments) -> PeraForPreTraining:
-    overrides = parse_config_overrides(arguments.config_overrides)
     if arguments.model_name_or_path:
-        # training state is float32 whatever the checkpoint's dtype
-        return PeraForPreTraining.from_pretrained(arguments.model_name_or_path, dtype=torch.float32, **overrides)
-    return PeraForPreTraining(PeraConfig.from_preset(arguments.model_size, **overrides))
+        # training state is float32 whatever the checkpoint's dtype; the architecture is the checkpoint's
+        return PeraForPreTraining.from_pretrained(
+            arguments.model_name_or_path, dtype=torch.float32, **parse_config_overrides(arguments.config_overrides)
+        )
+    return PeraForPreTraining(PeraConfig.from_preset(arguments.model_size, **arguments.model_config_overrides()))
 
 
 def build_processor(arguments: PretrainingArguments, config: PeraConfig) -> PeraImageProcessor:
@@ -241,7 +289,7 @@ def pretrain(arguments: PretrainingArguments) -> dict:
     config = model.config
     processor = build_processor(arguments, config)
     if arguments.activation_checkpointing:
-        model.student.gradient_checkpointing_enable()
+        model.student.activation_checkpointing_enable()
 
     source = load_pretraining_dataset(
         dataset_name=arguments.dataset_name,
@@ -338,6 +386,7 @@ def pretrain(arguments: PretrainingArguments) -> dict:
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
     summary: dict = {"images_per_second": None, "loss_history": []}
     images_since_log, log_started = 0, time.perf_counter()
+    train_seconds, train_started = 0.0, time.perf_counter()  # the loop's time without checkpoints and exports
     replaced_samples = torch.zeros((), dtype=torch.long, device=accelerator.device)
     model.train()
     epoch = start_epoch
@@ -408,11 +457,20 @@ def pretrain(arguments: PretrainingArguments) -> dict:
                 if arguments.with_tracking:
                     accelerator.log(scalars, step=completed_steps)
 
-            if arguments.checkpointing_steps and completed_steps % arguments.checkpointing_steps == 0:
+            saving_checkpoint = bool(arguments.checkpointing_steps) and completed_steps % arguments.checkpointing_steps == 0
+            saving_snapshot = completed_steps in (arguments.snapshot_steps or ())
+            if saving_checkpoint or saving_snapshot:
+                accelerator.wait_for_everyone()
+                train_seconds += time.perf_counter() - train_started
+            if saving_snapshot and accelerator.is_main_process:
+                export_encoder(pera, processor, output_dir / SNAPSHOTS_DIRNAME / f"step_{completed_steps}")
+            if saving_checkpoint:
                 state = {"completed_steps": completed_steps, "epoch": epoch, "batches_in_epoch": batches_in_epoch}
                 save_checkpoint(accelerator, output_dir, state, arguments.checkpoints_total_limit)
                 if accelerator.is_main_process:
                     export_pretrained(pera, processor, output_dir)
+            if saving_checkpoint or saving_snapshot:
+                train_started = time.perf_counter()
             if completed_steps >= total_steps:
                 break
         if batches_in_epoch == 0:
@@ -421,6 +479,7 @@ def pretrain(arguments: PretrainingArguments) -> dict:
     progress.close()
 
     accelerator.wait_for_everyone()
+    train_seconds += time.perf_counter() - train_started
     if accelerator.is_main_process:
         export_pretrained(pera, processor, output_dir)
         if arguments.push_to_hub:
@@ -430,7 +489,7 @@ def pretrain(arguments: PretrainingArguments) -> dict:
             push_encoder(output_dir / "encoder", arguments.hub_model_id, arguments.hub_token, card_info=card_info)
     if arguments.with_tracking:
         accelerator.end_training()
-    summary.update(completed_steps=completed_steps, replaced_samples=int(replaced_samples))
+    summary.update(completed_steps=completed_steps, replaced_samples=int(replaced_samples), train_seconds=train_seconds)
     return summary
 
 

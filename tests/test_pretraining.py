@@ -18,7 +18,13 @@ from safetensors.torch import load_file
 
 from modeling_pera import PeraConfig, PeraForPreTraining
 from modeling_pera.schedules import PretrainingSchedule
-from modeling_pera.training import PretrainingArguments, parse_config_overrides, pretrain, student_parameter_groups
+from modeling_pera.training import (
+    PretrainingArguments,
+    build_model,
+    parse_config_overrides,
+    pretrain,
+    student_parameter_groups,
+)
 from pera_testing import run_without_package, tiny_config_overrides
 
 
@@ -141,6 +147,48 @@ def test_resume_reaches_the_same_weights_and_losses(tmp_path):
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
     assert torch.count_nonzero(got["center"]) > 0
+
+
+def test_recipes_fill_only_what_the_user_left_unset():
+    reference = PretrainingArguments(output_dir="out")
+    assert (reference.learning_rate, reference.momentum_start, reference.model_config_overrides()) == (1e-3, 0.992, {})
+    short = PretrainingArguments(output_dir="out", recipe="short-budget")
+    assert (short.learning_rate, short.momentum_start) == (2e-4, 0.99)
+    assert short.model_config_overrides() == {"num_prototypes": 1024, "drop_path_rate": 0.1}
+    # an explicit flag wins, even one equal to the reference value
+    explicit = PretrainingArguments(
+        output_dir="out", recipe="short-budget", learning_rate=1e-3, config_overrides="num_prototypes=64"
+    )
+    assert explicit.learning_rate == 1e-3
+    assert explicit.model_config_overrides() == {"num_prototypes": 64, "drop_path_rate": 0.1}
+    with pytest.raises(ValueError, match="Unknown --recipe 'fast'"):
+        PretrainingArguments(output_dir="out", recipe="fast")
+
+
+def test_a_recipe_does_not_change_the_architecture_of_a_checkpoint(tmp_path):
+    images = write_rgb_images(tmp_path / "images")
+    pretrain(tiny_arguments(images, tmp_path / "first", max_train_steps=1))
+    continued = build_model(
+        PretrainingArguments(output_dir=str(tmp_path / "second"), model_name_or_path=str(tmp_path / "first"), recipe="short-budget")
+    )
+    assert continued.config.num_prototypes == 64  # the checkpoint's, not the recipe's 1024
+    fresh = build_model(PretrainingArguments(output_dir="out", model_size="vit-tiny", recipe="short-budget"))
+    assert (fresh.config.num_prototypes, fresh.config.drop_path_rate) == (1024, 0.1)
+
+
+def test_snapshots_hold_the_teacher_at_their_step(tmp_path):
+    images = write_rgb_images(tmp_path / "images")
+    summary = pretrain(tiny_arguments(images, tmp_path / "run", snapshot_steps=[1, 4]))
+    assert summary["train_seconds"] > 0
+    snapshots = tmp_path / "run" / "snapshots"
+    assert sorted(path.name for path in snapshots.iterdir()) == ["step_1", "step_4"]
+    final = load_file(tmp_path / "run" / "encoder" / "model.safetensors")
+    at_end = load_file(snapshots / "step_4" / "model.safetensors")
+    after_one = load_file(snapshots / "step_1" / "model.safetensors")
+    assert final.keys() == at_end.keys() == after_one.keys()
+    assert all(torch.equal(final[name], at_end[name]) for name in final)
+    assert not all(torch.equal(final[name], after_one[name]) for name in final)
+    assert (snapshots / "step_1" / "preprocessor_config.json").is_file()
 
 
 def test_two_process_run_keeps_ranks_in_step(tmp_path):

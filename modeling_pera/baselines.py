@@ -1,0 +1,174 @@
+"""
+The baseline PerA is measured against: transformers' own `ViTMAEForPreTraining` with PerA's backbone size, and a
+plain loop that pretrains it on the same images and crops as PerA (used by `benchmarks/step.py` and
+`benchmarks/representation.py`).
+"""
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import ViTMAEConfig, ViTMAEForPreTraining
+from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
+
+from .configuration_pera import PeraConfig
+from .data import load_pretraining_dataset, make_pretraining_dataloader, make_pretraining_dataset
+from .image_processing_pera import PeraImageProcessor
+from .schedules import cosine_decay
+from .views import AlignedPairViews
+
+
+logger = logging.getLogger(__name__)
+
+
+def mae_config_from_pera(config: PeraConfig, **overrides) -> ViTMAEConfig:
+    """
+    A `ViTMAEConfig` with the encoder of `config` (width, depth, heads, MLP, patch, bands, global crop size) and MAE's
+    own recipe: 75% masking, per-patch normalised pixel targets, and its 512-wide, 8-layer decoder. Encoders narrower
+    than 512 get a 4-layer decoder of their own width instead (the default decoder would cost more than a ViT-Tiny
+    encoder and leave it fewer steps in a time budget). `overrides` replace any field.
+    """
+    settings = {
+        "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_attention_heads": config.num_attention_heads,
+        "intermediate_size": config.intermediate_size,
+        "image_size": config.image_size,
+        "patch_size": config.patch_size,
+        "num_channels": config.num_channels,
+        "qkv_bias": config.qkv_bias,
+        "layer_norm_eps": config.layer_norm_eps,
+        "mask_ratio": 0.75,
+        "norm_pix_loss": True,
+    }
+    if config.hidden_size < 512:
+        settings.update(
+            decoder_hidden_size=config.hidden_size,
+            decoder_num_hidden_layers=4,
+            decoder_num_attention_heads=config.num_attention_heads,
+            decoder_intermediate_size=config.intermediate_size,
+        )
+    return ViTMAEConfig(**{**settings, **overrides})
+
+
+def _sincos_position_table(grid_size: int, dim: int) -> torch.Tensor:
+    """ViT-MAE's frozen 2-D sin-cos table with a zero CLS row, in the layout its pretrained weights use."""
+    table = build_2d_sinusoidal_position_embedding(height=grid_size, width=grid_size, embed_dim=dim, cls_token=True)
+    half = dim // 2
+    return torch.cat([table[..., half:], table[..., :half]], dim=-1).unsqueeze(0)
+
+
+def build_mae(config: ViTMAEConfig) -> ViTMAEForPreTraining:
+    """
+    `ViTMAEForPreTraining(config)` with MAE's initialisation actually applied.
+
+    Built from a config in transformers 5.x, the model leaves its position tables, CLS token and mask token all zero
+    (the module-level initialisers run in an order that skips them), so it would train without any position
+    information. This sets them as MAE does: frozen sin-cos position tables for encoder and decoder, normal(0.02)
+    CLS and mask tokens, and the patch projection initialised like a linear layer.
+    """
+    model = ViTMAEForPreTraining(config)
+    embeddings, decoder = model.vit.embeddings, model.decoder
+    grid_size = config.image_size // config.patch_size
+    with torch.no_grad():
+        embeddings.position_embeddings.copy_(_sincos_position_table(grid_size, config.hidden_size))
+        decoder.decoder_pos_embed.copy_(_sincos_position_table(grid_size, config.decoder_hidden_size))
+        projection = embeddings.patch_embeddings.projection.weight
+        nn.init.xavier_uniform_(projection.view(projection.shape[0], -1))
+        nn.init.normal_(embeddings.cls_token, std=config.initializer_range)
+        nn.init.normal_(decoder.mask_token, std=config.initializer_range)
+    return model
+
+
+def mae_parameter_groups(model: ViTMAEForPreTraining) -> list[dict]:
+    """Trainable parameters: weight matrices decayed, norms, biases and tokens not (MAE's split)."""
+    decayed, not_decayed = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (decayed if parameter.ndim >= 2 and not name.endswith(("cls_token", "mask_token")) else not_decayed).append(
+                parameter
+            )
+    return [{"params": decayed, "weight_decay": 0.05}, {"params": not_decayed, "weight_decay": 0.0}]
+
+
+def pretrain_mae(
+    model: ViTMAEForPreTraining,
+    pera_config: PeraConfig,
+    processor: PeraImageProcessor,
+    train_dir: list[str],
+    output_dir: str | Path,
+    total_steps: int,
+    batch_size: int,
+    learning_rate: float = 1.5e-4,
+    warmup_fraction: float = 0.1,
+    seed: int = 0,
+    num_workers: int = 2,
+    device: str | torch.device = "cpu",
+    snapshot_steps: tuple[int, ...] = (),
+) -> dict:
+    """
+    Pretrains `model` with MAE's recipe (AdamW betas 0.9/0.95, weight decay 0.05, lr warm-up then cosine, bf16
+    autocast on CUDA) on PerA's data pipeline: one global crop per image from the same images, crop sizes and scale
+    range as PerA's, in its lightly jittered teacher view. The model is saved, with `processor`, to
+    `output_dir/snapshots/step_N` at each of `snapshot_steps` and to `output_dir/encoder` at the end.
+
+    Returns:
+        `dict`: `completed_steps`, `train_seconds` (training time, snapshots excluded) and `loss_history`.
+    """
+    output_dir = Path(output_dir)
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    view_config = PeraConfig(**{**pera_config.to_dict(), "num_global_crops": 1, "num_local_crops": 0})
+    source = load_pretraining_dataset(train_dir=train_dir)
+    dataset = make_pretraining_dataset(source, AlignedPairViews(view_config, processor), seed=seed)
+    dataloader = make_pretraining_dataloader(dataset, batch_size=batch_size, num_workers=num_workers, seed=seed)
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(
+        mae_parameter_groups(model), lr=learning_rate, betas=(0.9, 0.95), fused=device.type == "cuda"
+    )
+    warmup_steps = round(warmup_fraction * total_steps)
+    progress = tqdm(total=total_steps, desc="MAE pretraining", unit="step")
+    summary: dict = {"loss_history": []}
+    completed_steps, epoch, train_seconds, started = 0, 0, 0.0, time.perf_counter()
+    while completed_steps < total_steps:
+        dataloader.set_epoch(epoch)
+        for batch in dataloader:
+            pixel_values = batch["teacher_global_pixel_values"][0].to(device, non_blocking=True)
+            if completed_steps < warmup_steps:
+                lr = learning_rate * completed_steps / warmup_steps
+            else:
+                lr = cosine_decay((completed_steps - warmup_steps) / max(total_steps - warmup_steps, 1), learning_rate, 0.0)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss = model(pixel_values=pixel_values).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            completed_steps += 1
+            progress.update(1)
+            if completed_steps % 10 == 0 or completed_steps == total_steps:
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise FloatingPointError(f"The MAE loss became {value} at step {completed_steps}: lower the lr.")
+                summary["loss_history"].append((completed_steps, value))
+                progress.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
+            if completed_steps in snapshot_steps or completed_steps == total_steps:
+                train_seconds += time.perf_counter() - started
+                target = output_dir / ("encoder" if completed_steps == total_steps else f"snapshots/step_{completed_steps}")
+                model.save_pretrained(target)
+                processor.save_pretrained(target)
+                started = time.perf_counter()
+            if completed_steps >= total_steps:
+                break
+        epoch += 1
+    progress.close()
+    summary.update(completed_steps=completed_steps, train_seconds=train_seconds)
+    return summary
+
+
+__all__ = ["build_mae", "mae_config_from_pera", "mae_parameter_groups", "pretrain_mae"]

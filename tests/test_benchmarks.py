@@ -1,0 +1,78 @@
+"""The benchmark scripts run end to end on tiny settings and write what they promise (their figures are measured by
+running them, never asserted here)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pera_testing import tiny_config_overrides
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_labelled_images(root: Path, classes=("field", "forest", "harbor"), per_class=12) -> Path:
+    """A UC Merced-like folder: <root>/ucmerced/<class>/<image>.png, each class its own colour."""
+    generator = np.random.default_rng(0)
+    for index, name in enumerate(classes):
+        folder = root / "ucmerced" / name
+        folder.mkdir(parents=True)
+        for image in range(per_class):
+            pixels = generator.integers(0, 60, (40, 40, 3)) + 80 * np.eye(3, dtype=int)[index]
+            Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{image}.png")
+    return root
+
+
+def test_representation_benchmark_trains_and_evaluates_every_method(tmp_path):
+    data_dir = write_labelled_images(tmp_path / "data")
+    markdown = tmp_path / "docs" / "benchmarks.md"
+    markdown.parent.mkdir()
+    markdown.write_text("# Benchmarks\n\nkept text\n")
+    command = [
+        sys.executable, str(REPO_ROOT / "benchmarks" / "representation.py"), "--data_dir", str(data_dir),
+        "--model_size", "vit-tiny", "--config_overrides", tiny_config_overrides(num_local_crops=2),
+        "--batch_size", "4", "--budget_minutes", "0.005", "--calibration_steps", "2", "--num_snapshots", "2",
+        "--output_dir", str(tmp_path / "out"), "--markdown", str(markdown),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "representation.json").read_text())
+    assert set(report["methods"]) == {"pera", "full_view", "mae", "random_init"}
+    for method in ("pera", "full_view", "mae"):
+        row = report["methods"][method]
+        assert row["steps"] >= 2 and row["train_seconds"] > 0
+        assert [point["step"] for point in row["curve"]] == [round(row["steps"] / 2), row["steps"]]
+        assert 0.0 <= row["final"]["knn_top1"] <= 1.0 and "linear_probe_top1" in row["final"]
+    text = markdown.read_text()
+    assert "kept text" in text and "<!-- BEGIN representation-cpu -->" in text
+    assert "| mae |" in text and "| random_init |" in text
+    assert (tmp_path / "docs" / "figures" / "representation_cpu.png").stat().st_size > 0
+
+
+def test_step_benchmark_measures_every_variant_on_cpu(tmp_path):
+    command = [
+        sys.executable, str(REPO_ROOT / "benchmarks" / "step.py"), "--device", "cpu", "--model_size", "vit-tiny",
+        "--config_overrides", tiny_config_overrides(num_local_crops=2), "--batch_sizes", "2", "--steps", "2",
+        "--warmup", "1", "--output_json", str(tmp_path / "step.json"),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "step.json").read_text())
+    assert [row["variant"] for row in report["rows"]] == ["pera", "full_view", "mae"]
+    assert all(row["images_per_second"] > 0 and row["peak_memory_gib"] > 0 for row in report["rows"])
+
+
+def test_dino_loss_benchmark_compares_both_implementations(tmp_path):
+    command = [
+        sys.executable, str(REPO_ROOT / "benchmarks" / "dino_loss.py"), "--device", "cpu", "--rows", "20",
+        "--num_prototypes", "512", "--repeats", "1", "--output_json", str(tmp_path / "loss.json"),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    plain, chunked = json.loads((tmp_path / "loss.json").read_text())["results"]
+    assert (plain["implementation"], chunked["implementation"]) == ("plain", "chunked")
+    assert abs(plain["loss"] - chunked["loss"]) < 1e-3  # the same loss, whatever the speed and memory

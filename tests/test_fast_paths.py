@@ -1,0 +1,82 @@
+"""The fast paths compute the same step as the plain one: sdpa and eager attention, activation checkpointing and
+not, torch.compile and eager (where a compiler is available). Speed is measured by benchmarks/step.py, not here."""
+
+import copy
+import shutil
+
+import pytest
+import torch
+
+from modeling_pera import PeraForPreTraining
+from modeling_pera.modeling_pera import soft_target_cross_entropy
+from pera_testing import tiny_config
+from test_modeling_pera import crops
+
+
+def loss_and_gradients(model: PeraForPreTraining, inputs: dict, seed: int = 0) -> tuple[dict, dict]:
+    """The losses of one training forward and the gradients of the trainable parameters."""
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)  # drop path draws from the global generator
+    outputs = model(**inputs, teacher_temperature=0.04)
+    outputs.loss.backward()
+    losses = {name: outputs[name].detach() for name in ("loss", "dino_loss", "koleo_loss", "pixel_loss")}
+    gradients = {name: parameter.grad.clone() for name, parameter in model.named_parameters() if parameter.grad is not None}
+    return losses, gradients
+
+
+def assert_same_step(expected: tuple[dict, dict], got: tuple[dict, dict], atol: float) -> None:
+    for part in (0, 1):
+        assert expected[part].keys() == got[part].keys()
+        for name in expected[part]:
+            torch.testing.assert_close(got[part][name], expected[part][name], rtol=1e-4, atol=atol, msg=name)
+    assert len(expected[1]) > 10  # student backbone, both heads and the mask token received gradients
+
+
+def twin_models(**overrides) -> tuple[PeraForPreTraining, PeraForPreTraining]:
+    config = tiny_config(**{"num_hidden_layers": 4, "num_local_crops": 2, "drop_path_rate": 0.0, **overrides})
+    torch.manual_seed(0)
+    first = PeraForPreTraining(config).train()
+    second = PeraForPreTraining(copy.deepcopy(config)).train()  # its own config: attention is chosen per config
+    second.load_state_dict(first.state_dict())
+    return first, second
+
+
+def test_sdpa_and_eager_attention_give_the_same_losses_and_gradients():
+    sdpa, eager = twin_models()
+    eager.set_attn_implementation("eager")
+    assert sdpa.config._attn_implementation == "sdpa" and eager.config._attn_implementation == "eager"
+    inputs = crops(sdpa.config)
+    assert_same_step(loss_and_gradients(eager, inputs), loss_and_gradients(sdpa, inputs), atol=1e-5)
+
+
+def test_activation_checkpointing_gives_the_same_losses_and_gradients():
+    # with drop path on: the recomputed blocks must draw the same drop-path masks as the first pass
+    plain, checkpointed = twin_models(drop_path_rate=0.3)
+    checkpointed.student.activation_checkpointing_enable()
+    assert checkpointed.student.is_activation_checkpointing
+    inputs = crops(plain.config)
+    assert_same_step(loss_and_gradients(plain, inputs, seed=5), loss_and_gradients(checkpointed, inputs, seed=5), atol=1e-6)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="torch.compile needs a C++ compiler")
+def test_compiled_model_gives_the_same_losses_and_gradients():
+    plain, compiled = twin_models()
+    inputs = crops(plain.config)
+    expected = loss_and_gradients(plain, inputs)
+    compiled.forward = torch.compile(compiled.forward)
+    assert_same_step(expected, loss_and_gradients(compiled, inputs), atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_dino_cross_entropy_matches_the_plain_expression(dtype):
+    generator = torch.Generator().manual_seed(0)
+    logits = (torch.randn(37, 300, generator=generator)).to(dtype).requires_grad_()
+    targets = torch.softmax(torch.randn(37, 300, generator=generator) / 0.04, dim=-1)
+    plain = -(targets * torch.log_softmax(logits.float() / 0.1, dim=-1)).sum(dim=-1).mean()
+    (plain_gradient,) = torch.autograd.grad(2.5 * plain, logits)
+    # 1000 values per chunk: 3 rows each, so 13 chunks, the last one partial
+    chunked = soft_target_cross_entropy(logits, targets, 0.1, chunk_elements=1000)
+    (chunked_gradient,) = torch.autograd.grad(2.5 * chunked, logits)
+    assert chunked_gradient.dtype == dtype
+    torch.testing.assert_close(chunked, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(chunked_gradient.float(), plain_gradient.float(), rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-6)
