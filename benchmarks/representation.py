@@ -22,6 +22,7 @@ kNN accuracy against pretraining time.
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -86,6 +87,11 @@ def train_one(job: dict) -> dict:
             device=job["device"],
             snapshot_steps=tuple(job["snapshot_steps"]),
         )
+    # What `accelerate launch` would be told: bf16 autocast on the GPU (as the MAE loop uses), else the CPU only.
+    if job["device"] == "cuda":
+        os.environ.setdefault("ACCELERATE_MIXED_PRECISION", "bf16")
+    else:
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
     overrides = job["config_overrides"] + (",full_views=True" if job["method"] == "full_view" else "")
     arguments = PretrainingArguments(
         output_dir=job["output_dir"],
