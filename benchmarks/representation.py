@@ -57,9 +57,8 @@ SETTINGS = {
 def train_dirs(data_dir: Path) -> list[str]:
     """UC Merced and the GID-MTL image folders beside it (the labels are never read)."""
     folders = [data_dir / "ucmerced", *sorted(data_dir.glob("gid_mtl/GID-MTL*/image"))]
-    missing = [str(folder) for folder in folders[:1] if not folder.is_dir()]
-    if missing:
-        raise SystemExit(f"No UC Merced images at {missing[0]}: pass --data_dir <folder holding ucmerced/>.")
+    if not folders[0].is_dir():
+        raise SystemExit(f"No UC Merced images at {folders[0]}: pass --data_dir <folder holding ucmerced/>.")
     return [str(folder) for folder in folders if folder.is_dir()]
 
 

@@ -4,7 +4,6 @@ plain loop that pretrains it on the same images and crops as PerA (used by `benc
 `benchmarks/representation.py`).
 """
 
-import logging
 import math
 import time
 from pathlib import Path
@@ -18,11 +17,9 @@ from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_pos
 from .configuration_pera import PeraConfig
 from .data import load_pretraining_dataset, make_pretraining_dataloader, make_pretraining_dataset
 from .image_processing_pera import PeraImageProcessor
-from .schedules import cosine_decay
+from .schedules import PretrainingSchedule
 from .views import AlignedPairViews
 
-
-logger = logging.getLogger(__name__)
 
 
 def mae_config_from_pera(config: PeraConfig, **overrides) -> ViTMAEConfig:
@@ -130,7 +127,10 @@ def pretrain_mae(
     optimizer = torch.optim.AdamW(
         mae_parameter_groups(model), lr=learning_rate, betas=(0.9, 0.95), fused=device.type == "cuda"
     )
-    warmup_steps = round(warmup_fraction * total_steps)
+    # PerA's lr schedule (linear warm-up, cosine to 0); its other values do not apply to MAE
+    schedule = PretrainingSchedule(
+        total_steps=total_steps, learning_rate=learning_rate, min_learning_rate=0.0, warmup_fraction=warmup_fraction
+    )
     progress = tqdm(total=total_steps, desc="MAE pretraining", unit="step")
     summary: dict = {"loss_history": []}
     completed_steps, epoch, train_seconds, started = 0, 0, 0.0, time.perf_counter()
@@ -138,10 +138,7 @@ def pretrain_mae(
         dataloader.set_epoch(epoch)
         for batch in dataloader:
             pixel_values = batch["teacher_global_pixel_values"][0].to(device, non_blocking=True)
-            if completed_steps < warmup_steps:
-                lr = learning_rate * completed_steps / warmup_steps
-            else:
-                lr = cosine_decay((completed_steps - warmup_steps) / max(total_steps - warmup_steps, 1), learning_rate, 0.0)
+            lr = schedule.at(completed_steps).learning_rate
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
