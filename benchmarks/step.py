@@ -61,18 +61,28 @@ def synthetic_batch(variant: str, config, batch_size: int, device: torch.device)
     }
 
 
-def real_batches(config, batch_size: int, train_dir: str, num_workers: int):
+def real_batches(config, arguments, device: torch.device):
+    """Batches from the pretraining DataLoader, moved to `device` (and finished there with --photometry_on_device)."""
     from modeling_pera import PeraImageProcessor
     from modeling_pera.data import load_pretraining_dataset, make_pretraining_dataloader, make_pretraining_dataset
     from modeling_pera.views import AlignedPairViews
 
-    processor = PeraImageProcessor.from_preset("pera-rgb")
-    dataset = make_pretraining_dataset(load_pretraining_dataset(train_dir=train_dir), AlignedPairViews(config, processor))
-    loader = make_pretraining_dataloader(dataset, batch_size=batch_size, num_workers=num_workers)
+    views = AlignedPairViews(
+        config, PeraImageProcessor.from_preset("pera-rgb"), defer_photometry=arguments.photometry_on_device
+    )
+    dataset = make_pretraining_dataset(load_pretraining_dataset(train_dir=arguments.train_dir), views)
+    loader = make_pretraining_dataloader(dataset, batch_size=arguments.batch_size, num_workers=arguments.num_workers)
     while True:
         for batch in loader:
             batch.pop("num_replaced")
-            yield batch
+            batch = {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
+            yield views.finish_batch(batch) if views.defer_photometry else batch
+
+
+def data_label(arguments) -> str:
+    if not arguments.train_dir:
+        return "synthetic"
+    return "real, photometry on device" if arguments.photometry_on_device else "real"
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -94,7 +104,7 @@ def measure(arguments) -> dict:
     apply_schedule(optimizer, PretrainingSchedule(total_steps=100).at(50))
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
     if arguments.train_dir and arguments.variant != "mae":
-        batches = real_batches(config, arguments.batch_size, arguments.train_dir, arguments.num_workers)
+        batches = real_batches(config, arguments, device)
     else:
         fixed = synthetic_batch(arguments.variant, config, arguments.batch_size, device)
         batches = iter(lambda: fixed, None)
@@ -106,7 +116,7 @@ def measure(arguments) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         started = time.perf_counter()
-        batch = {name: tensor.to(device, non_blocking=True) for name, tensor in next(batches).items()}
+        batch = next(batches)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=arguments.bf16):
             loss = forward(**batch, **extra).loss
         loss.backward()
@@ -124,7 +134,7 @@ def measure(arguments) -> dict:
     return {
         "variant": arguments.variant,
         "batch_size": arguments.batch_size,
-        "data": "real" if arguments.train_dir and arguments.variant != "mae" else "synthetic",
+        "data": data_label(arguments) if arguments.variant != "mae" else "synthetic",
         "step_time_s": round(step_time, 4),
         "images_per_second": round(arguments.batch_size / step_time, 1),
         "peak_memory_gib": round(peak_gib, 2),
@@ -146,6 +156,7 @@ def run_measurement(arguments, variant: str, batch_size: int, train_dir: str | N
     ]
     command += (["--no_bf16"] if not arguments.bf16 else []) + (["--compile"] if arguments.compile else [])
     command += ["--train_dir", train_dir] if train_dir else []
+    command += ["--photometry_on_device"] if arguments.photometry_on_device else []
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode == 0:
         return json.loads(result.stdout.strip().splitlines()[-1])
@@ -208,6 +219,9 @@ def main():
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (the first steps compile).")
     parser.add_argument("--train_dir", help="Also measure PerA with real batches from this folder (data included).")
     parser.add_argument("--num_workers", type=int, default=4)
+    parser.add_argument(
+        "--photometry_on_device", action="store_true", help="With --train_dir: colour jitter on the device (finish_batch)."
+    )
     parser.add_argument("--find_max_batch", action="store_true", help="Search the largest batch per variant (GPU).")
     parser.add_argument("--max_batch_limit", type=int, default=2048)
     parser.add_argument("--output_json")

@@ -173,7 +173,9 @@ def _read_tiff_bytes(data: bytes) -> np.ndarray:
 
 class ImageDecoder:
     """
-    Decodes one sample into a `(num_channels, height, width)` float32 tensor, or raises [`UnusableSampleError`].
+    Decodes one sample into a `(num_channels, height, width)` tensor, or raises [`UnusableSampleError`]: uint8 for
+    8-bit images (a quarter of the memory, and the crops of `AlignedPairViews(defer_photometry=True)` stay 8-bit),
+    float32 for any other dtype.
 
     Sources: a path to an image file (TIFF/GeoTIFF, recognised by its first bytes, read with tifffile; other formats
     with PIL), a path to a band folder, a PIL image, a `datasets` image dict (`{"bytes": ..., "path": ...}`), or a
@@ -226,6 +228,8 @@ class ImageDecoder:
                 f"{self.min_image_size}",
                 "too_small",
             )
+        if pixels.dtype == np.uint8:
+            return torch.from_numpy(np.require(pixels, requirements=["C", "W"]))
         image = torch.from_numpy(np.asarray(pixels, dtype=np.float32))
         if not torch.isfinite(image).all():
             raise UnusableSampleError(f"{description} contains NaN or infinite values", "not_finite")

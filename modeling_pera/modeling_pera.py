@@ -198,6 +198,10 @@ class PeraAttention(nn.Module):
     def forward(
         self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        device_type = hidden_states.device.type
+        if torch.is_autocast_enabled(device_type):
+            # one low-precision copy of the input, saved once for backward, instead of one per projection
+            hidden_states = hidden_states.to(torch.get_autocast_dtype(device_type))
         hidden_shape = (*hidden_states.shape[:-1], -1, self.head_dim)
         query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)

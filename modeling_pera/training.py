@@ -111,7 +111,18 @@ class PretrainingArguments:
     logging_steps: int = field(default=10, metadata={"help": "Log and update the progress bar every N steps."})
     seed: int = field(default=42, metadata={"help": "Seed of weights, data order, views and masks."})
     dataloader_num_workers: int = field(default=2, metadata={"help": "DataLoader worker processes."})
+    photometry_on_device: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Workers only cut the crops (8-bit images stay 8-bit); colour jitter, grayscale and normalisation "
+            "run batched on the training device. Same views; default: on for GPUs, off on the CPU."
+        },
+    )
     activation_checkpointing: bool = field(default=False, metadata={"help": "Recompute block activations in backward."})
+    torch_compile: bool = field(
+        default=False,
+        metadata={"help": "Compile the forward pass with torch.compile (the first steps compile; pays off on GPUs)."},
+    )
     push_to_hub: bool = field(default=False, metadata={"help": "Upload the encoder to the Hub at the end."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repository for --push_to_hub."})
     hub_token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one)."})
@@ -298,9 +309,13 @@ def pretrain(arguments: PretrainingArguments) -> dict:
         image_column_name=arguments.image_column_name,
         streaming=arguments.streaming,
     )
+    photometry_on_device = arguments.photometry_on_device
+    if photometry_on_device is None:
+        photometry_on_device = accelerator.device.type != "cpu"
+    views = AlignedPairViews(config, processor, defer_photometry=photometry_on_device)
     dataset = make_pretraining_dataset(
         source,
-        AlignedPairViews(config, processor),
+        views,
         seed=arguments.seed,
         image_column_name=arguments.image_column_name,
         min_image_size=config.patch_size,
@@ -351,6 +366,12 @@ def pretrain(arguments: PretrainingArguments) -> dict:
         teacher_temperature_end=arguments.teacher_temperature_end,
         teacher_temperature_warmup_fraction=arguments.teacher_temperature_warmup_fraction,
     )
+    # On the device once: indexing it each step copies nothing from the host, and a tensor (not a float that
+    # changes every step) lets a compiled forward run without recompiling.
+    teacher_temperatures = torch.tensor(
+        [schedule.at(step).teacher_temperature for step in range(total_steps)], device=accelerator.device
+    )
+    forward = torch.compile(model) if arguments.torch_compile else model
     if arguments.with_tracking:
         # TensorBoard's hyper-parameters take scalars and strings only
         hyperparameters = {k: ",".join(v) if isinstance(v, list) else v for k, v in asdict(arguments).items() if v is not None}
@@ -401,6 +422,8 @@ def pretrain(arguments: PretrainingArguments) -> dict:
             epoch_batches = accelerator.skip_first_batches(dataloader, batches_to_skip)
         for batch in epoch_batches:
             batch = {name: tensor.to(accelerator.device, non_blocking=True) for name, tensor in batch.items()}
+            if views.defer_photometry:
+                batch = views.finish_batch(batch)
             values = schedule.at(completed_steps)
             apply_schedule(optimizer, values)
             replaced_samples += batch.pop("num_replaced")
@@ -408,10 +431,10 @@ def pretrain(arguments: PretrainingArguments) -> dict:
                 batches_in_epoch % arguments.gradient_accumulation_steps
             )
             with accelerator.accumulate(model):
-                outputs = model(
+                outputs = forward(
                     **batch,
                     **mask_noise(config, batch, arguments.seed, micro_step, accelerator.process_index),
-                    teacher_temperature=values.teacher_temperature,
+                    teacher_temperature=teacher_temperatures[completed_steps],
                 )
                 accelerator.backward(outputs.loss)
                 if accelerator.sync_gradients:

@@ -9,18 +9,29 @@ resumable). Masks (the student/teacher/predicted patch sets) are not drawn here:
 """
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2 import functional as TF
 
 from .configuration_pera import PeraConfig
 from .image_processing_pera import PeraImageProcessor
 
 
-# Order of the four colour-jitter operations as drawn by `torch.randperm(4)`, as in torchvision's `ColorJitter`.
-_JITTER_OPERATIONS = ("brightness", "contrast", "saturation", "hue")
+# Colour-jitter operations, numbered as `torch.randperm(4)` orders them (torchvision's `ColorJitter` order).
+_BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = range(4)
+
+# Columns of a photometry row (one row per view, see `AlignedPairViews._draw_photometry`): whether the view is made
+# grayscale, whether it is colour-jittered, the position of the hue step among the four jitter steps, the three
+# other steps in their order, the brightness, contrast and saturation factors, then the hue shift (RGB) or one
+# spectral factor per band.
+_GRAYSCALE_COLUMN, _JITTER_COLUMN, _HUE_POSITION_COLUMN = 0, 1, 2
+_BLEND_ORDER_COLUMNS = slice(3, 6)
+_BLEND_FACTOR_COLUMNS = slice(6, 9)
+_HUE_COLUMNS = slice(9, None)
+
+# ITU-R 601 luma weights, as torchvision's `rgb_to_grayscale`
+_LUMA_WEIGHTS = (0.2989, 0.587, 0.114)
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:
@@ -33,31 +44,104 @@ def _bernoulli(generator: torch.Generator, probability: float) -> bool:
     return torch.rand((), generator=generator).item() < probability
 
 
-def _spectral_brightness(image: torch.Tensor, factor: float) -> torch.Tensor:
-    """Multiplies every band by one common factor."""
-    return image * factor
+def _per_view(values: torch.Tensor) -> torch.Tensor:
+    """`(views,)` -> `(views, 1, 1, 1)`, to broadcast over `(views, bands, height, width)`."""
+    return values.view(-1, 1, 1, 1)
 
 
-def _spectral_contrast(image: torch.Tensor, factor: float) -> torch.Tensor:
-    """Blends each band with its own spatial mean: spatial contrast changes, band means (the spectrum) do not."""
-    band_means = image.mean(dim=(-2, -1), keepdim=True)
-    return band_means + factor * (image - band_means)
+def _grayscale(views: torch.Tensor, rgb: bool) -> torch.Tensor:
+    """`(views, 1, height, width)`: the luma of RGB views, the across-band mean of others."""
+    if rgb:
+        red, green, blue = views.unbind(dim=1)
+        return (_LUMA_WEIGHTS[0] * red + _LUMA_WEIGHTS[1] * green + _LUMA_WEIGHTS[2] * blue).unsqueeze(1)
+    return views.mean(dim=1, keepdim=True)
 
 
-def _spectral_saturation(image: torch.Tensor, factor: float) -> torch.Tensor:
-    """Blends each band with the across-band mean image: the spectrum of every pixel is flattened or boosted."""
-    band_average = image.mean(dim=-3, keepdim=True)
-    return band_average + factor * (image - band_average)
+def _rgb_to_hsv(views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hue (in [0, 1)), saturation and value of RGB views in [0, 1], each `(views, height, width)`."""
+    red, green, blue = views.unbind(dim=1)
+    value = views.amax(dim=1)
+    chroma = value - views.amin(dim=1)
+    has_hue = chroma > 0
+    safe_chroma = torch.where(has_hue, chroma, 1.0)
+    saturation = chroma / torch.where(has_hue, value, 1.0)
+    # the hue sector is set by the largest channel (red first, then green, on ties)
+    hue = torch.where(
+        value == red,
+        (green - blue) / safe_chroma,
+        torch.where(value == green, 2.0 + (blue - red) / safe_chroma, 4.0 + (red - green) / safe_chroma),
+    )
+    hue = torch.where(has_hue, hue, 0.0)
+    return torch.remainder(hue / 6.0, 1.0), saturation, value
 
 
-def _spectral_jitter(image: torch.Tensor, band_factors: torch.Tensor) -> torch.Tensor:
-    """Multiplies each band by its own factor (`band_factors` of shape `(bands, 1, 1)`): the hue-shift equivalent."""
-    return image * band_factors
+def _hsv_to_rgb(hue: torch.Tensor, saturation: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """The inverse of `_rgb_to_hsv`, `(views, 3, height, width)`, by the closed form
+    `channel = value * (1 - saturation * clamp(min(k, 4 - k), 0, 1))` with `k = (n + 6 * hue) mod 6` and n = 5, 3, 1
+    for red, green and blue (no table lookup, so nothing is copied to the device)."""
+    offsets = torch.arange(5.0, 0.0, -2.0, device=hue.device).view(1, 3, 1, 1)
+    sector_position = torch.remainder(offsets + 6.0 * hue.unsqueeze(1), 6.0)
+    ramp = torch.minimum(sector_position, 4.0 - sector_position).clamp(0.0, 1.0)
+    return value.unsqueeze(1) * (1.0 - saturation.unsqueeze(1) * ramp)
 
 
-def _spectral_grayscale(image: torch.Tensor) -> torch.Tensor:
-    """Replaces every band by the across-band mean image."""
-    return image.mean(dim=-3, keepdim=True).expand_as(image).clone()
+def apply_photometry(views: torch.Tensor, photometry: torch.Tensor, rgb: bool) -> torch.Tensor:
+    """
+    Applies per-view photometric augmentations, batched: grayscale, or colour jitter with each view's own factors and
+    order of operations (see [`AlignedPairViews`] for what the operations do). Shapes are static and nothing is read
+    back to the host, so it runs on an accelerator without synchronising.
+
+    Args:
+        views (`torch.Tensor` of shape `(views, bands, height, width)`):
+            Float views after offset and rescaling (RGB: values in [0, 1]).
+        photometry (`torch.Tensor` of shape `(views, columns)`):
+            One row per view, as [`AlignedPairViews`] draws them (`defer_photometry=True` returns them).
+        rgb (`bool`):
+            Whether the views are RGB (torchvision's operations, clipped to [0, 1]) or other bands (the per-band
+            equivalents, not clipped).
+    """
+    photometry = photometry.to(views.device)
+    # On the CPU (one view at a time in a DataLoader worker) steps that no view takes are skipped; on an accelerator
+    # that check would wait for the device, and computing them is cheaper.
+    on_cpu = views.device.type == "cpu"
+    jitter = _per_view(photometry[:, _JITTER_COLUMN] > 0.5)
+    hue_position = photometry[:, _HUE_POSITION_COLUMN]
+    blend_order = photometry[:, _BLEND_ORDER_COLUMNS].long()
+    blend_factors = photometry[:, _BLEND_FACTOR_COLUMNS]
+
+    def blend_step(views: torch.Tensor, step: int, active: torch.Tensor) -> torch.Tensor:
+        # Brightness, contrast and saturation all blend the view with a reference (black, the mean level, the
+        # grayscale image): `factor * view + (1 - factor) * reference`. Each view takes its own operation for this
+        # step; a view that skips it gets factor 1 and no reference, which leaves it exactly as it was.
+        active = _per_view(active) & jitter
+        if on_cpu and not active.any():
+            return views
+        operation = blend_order[:, step]
+        factor = _per_view(blend_factors.gather(1, operation[:, None]).squeeze(1))
+        factor = torch.where(active, factor, 1.0)
+        grayscale = _grayscale(views, rgb)
+        mean_level = grayscale.mean(dim=(1, 2, 3), keepdim=True) if rgb else views.mean(dim=(2, 3), keepdim=True)
+        mean_weight = (1.0 - factor) * _per_view(operation == _CONTRAST)
+        grayscale_weight = (1.0 - factor) * _per_view(operation == _SATURATION)
+        blended = torch.addcmul(factor * views + mean_weight * mean_level, grayscale_weight, grayscale)
+        if rgb:  # torchvision clips after each operation; views that skip the step are left unclipped
+            blended = torch.where(active, blended.clamp(0.0, 1.0), blended)
+        return blended
+
+    for step in range(3):
+        views = blend_step(views, step, step < hue_position)
+    if not rgb:
+        views = views * torch.where(jitter, photometry[:, _HUE_COLUMNS, None, None], 1.0)
+    elif not on_cpu or jitter.any():
+        hue, saturation, value = _rgb_to_hsv(views)
+        shift = photometry[:, _HUE_COLUMNS].view(-1, 1, 1)
+        views = torch.where(jitter, _hsv_to_rgb(torch.remainder(hue + shift, 1.0), saturation, value), views)
+    for step in range(3):
+        views = blend_step(views, step, step >= hue_position)
+    grayscale = _per_view(photometry[:, _GRAYSCALE_COLUMN] > 0.5)
+    if on_cpu and not grayscale.any():
+        return views
+    return torch.where(grayscale, _grayscale(views, rgb).expand_as(views), views)
 
 
 class AlignedPairViews:
@@ -123,6 +207,12 @@ class AlignedPairViews:
             Strength of the jitter: factors are drawn from `[max(0, 1 - value), 1 + value]`.
         hue (`float`, *optional*, defaults to 0.1):
             Strength of the hue shift (RGB: a shift in `[-hue, hue]` of the hue circle) or of the spectral jitter.
+        defer_photometry (`bool`, *optional*, defaults to `False`):
+            Leave steps 3 and 4 to the accelerator: the call then returns each image's crops (step 1 and 2 only, before
+            offset and rescaling; uint8 when the image is uint8, else float32) and the photometric parameters drawn
+            for each view, and [`~AlignedPairViews.finish_batch`] makes the views of a whole batch on its device. The
+            random draws are the same, so are the views (up to the rounding of 8-bit crops to integers). DataLoader
+            workers then do a third of the work and send a quarter of the bytes (8-bit images).
 
     Example:
 
@@ -163,6 +253,7 @@ class AlignedPairViews:
         contrast: float = 0.4,
         saturation: float = 0.2,
         hue: float = 0.1,
+        defer_photometry: bool = False,
     ) -> None:
         config = config if config is not None else PeraConfig()
         image_processor = image_processor if image_processor is not None else PeraImageProcessor()
@@ -198,12 +289,24 @@ class AlignedPairViews:
         self.contrast = contrast
         self.saturation = saturation
         self.hue = hue
+        self.defer_photometry = defer_photometry
         self._validate()
+        self._statistics_by_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def num_channels(self) -> int:
         """Number of bands every image must have (one mean and std per band)."""
         return self.image_mean.numel()
+
+    @property
+    def rgb(self) -> bool:
+        """Whether the images are taken as RGB (torchvision's photometric operations) rather than other bands."""
+        return self.num_channels == 3
+
+    @property
+    def num_photometry_columns(self) -> int:
+        """Length of a view's photometry row: 9 columns, then the hue shift (RGB) or one factor per band."""
+        return _HUE_COLUMNS.start + (1 if self.rgb else self.num_channels)
 
     def _validate(self) -> None:
         if self.image_mean.ndim != 1 or self.image_mean.shape != self.image_std.shape:
@@ -253,7 +356,9 @@ class AlignedPairViews:
         Returns:
             `dict[str, torch.Tensor]`: float32 `student_global` and `teacher_global` of shape
             `(num_global_crops, num_channels, global_crop_size, global_crop_size)`, and `student_local` and
-            `teacher_local` of shape `(num_local_crops, num_channels, local_crop_size, local_crop_size)`.
+            `teacher_local` of shape `(num_local_crops, num_channels, local_crop_size, local_crop_size)`. With
+            `defer_photometry`, instead: `global_crops` and `local_crops` of those shapes, and the photometry rows
+            `{student,teacher}_{global,local}_photometry` of shape `(num_crops, num_photometry_columns)`.
         """
         if image.ndim != 3 or image.shape[0] != self.num_channels:
             raise ValueError(
@@ -267,15 +372,47 @@ class AlignedPairViews:
             ("global", self.global_crop_size, self.global_crops_scale, self.num_global_crops),
             ("local", self.local_crop_size, self.local_crops_scale, self.num_local_crops),
         ):
-            student_views, teacher_views = [], []
-            for _ in range(count):
-                crop = self._aligned_crop(image, size, scale, generator)
-                student_views.append(self._student_view(crop, generator))
-                teacher_views.append(self._teacher_view(crop, generator))
-            empty = image.new_empty((0, self.num_channels, size, size), dtype=torch.float32)
-            views[f"student_{kind}"] = self._normalize(torch.stack(student_views) if count else empty)
-            views[f"teacher_{kind}"] = self._normalize(torch.stack(teacher_views) if count else empty)
+            crops = torch.empty((count, self.num_channels, size, size))
+            student_photometry = torch.empty((count, self.num_photometry_columns))
+            teacher_photometry = torch.empty_like(student_photometry)
+            for index in range(count):
+                crops[index] = self._aligned_crop(image, size, scale, generator)
+                student_photometry[index] = self._student_photometry(generator)
+                teacher_photometry[index] = self._teacher_photometry(generator)
+            if self.defer_photometry:
+                # 8-bit crops travel as 8 bits: a quarter of the bytes from the workers and to the device
+                views[f"{kind}_crops"] = crops.round().clamp(0, 255).to(torch.uint8) if image.dtype == torch.uint8 else crops
+                views[f"student_{kind}_photometry"] = student_photometry
+                views[f"teacher_{kind}_photometry"] = teacher_photometry
+            else:
+                crops = self._rescale(crops)
+                for role, photometry in (("student", student_photometry), ("teacher", teacher_photometry)):
+                    # one view at a time, so that each skips the steps it does not take
+                    role_views = [apply_photometry(crop[None], row[None], self.rgb) for crop, row in zip(crops, photometry)]
+                    views[f"{role}_{kind}"] = self._normalize(torch.cat(role_views) if count else crops)
         return views
+
+    def finish_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """
+        Makes the model inputs of a collated batch of deferred views (`defer_photometry=True`, see
+        [`pretraining_collate`]) on the device the batch is on: offset and rescaling, the student's and the teacher's
+        photometric augmentations (batched, see [`apply_photometry`]) and normalisation. Other entries pass through.
+
+        Returns:
+            `dict[str, torch.Tensor]`: `{student,teacher}_{global,local}_pixel_values` of shape `(num_crops,
+            batch_size, num_channels, size, size)`, as [`PeraForPreTraining`] takes them, and the other entries.
+        """
+        finished = {name: value for name, value in batch.items() if not name.endswith(("_crops", "_photometry"))}
+        for kind in ("global", "local"):
+            if f"{kind}_crops" not in batch:
+                continue
+            crops = batch[f"{kind}_crops"]
+            rescaled = self._rescale(crops.flatten(0, 1).float())
+            for role in ("student", "teacher"):
+                photometry = batch[f"{role}_{kind}_photometry"].flatten(0, 1)
+                views = self._normalize(apply_photometry(rescaled, photometry, self.rgb))
+                finished[f"{role}_{kind}_pixel_values"] = views.unflatten(0, crops.shape[:2])
+        return finished
 
     def _crop_box(
         self, height: int, width: int, scale: tuple[float, float], generator: torch.Generator
@@ -306,10 +443,10 @@ class AlignedPairViews:
     def _aligned_crop(
         self, image: torch.Tensor, size: int, scale: tuple[float, float], generator: torch.Generator
     ) -> torch.Tensor:
-        """The geometry shared by both views: a random resized crop and flips, as float32 after offset and rescale."""
+        """The geometry shared by both views: a random resized crop and flips, float32 before offset and rescale
+        (both are affine, so they commute with the interpolation)."""
         top, left, crop_height, crop_width = self._crop_box(image.shape[1], image.shape[2], scale, generator)
         crop = image[:, top : top + crop_height, left : left + crop_width].to(torch.float32)
-        crop = (crop - self.offset) * self.rescale_factor
         downsampling = crop_height > size or crop_width > size
         crop = F.interpolate(
             crop.unsqueeze(0), size=(size, size), mode="bilinear", align_corners=False, antialias=downsampling
@@ -319,61 +456,50 @@ class AlignedPairViews:
         flip_dims = [dim for dim, flip in ((-1, horizontal_flip), (-2, vertical_flip)) if flip]
         return crop.flip(flip_dims) if flip_dims else crop
 
-    def _student_view(self, crop: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def _student_photometry(self, generator: torch.Generator) -> torch.Tensor:
         """Strong photometry: grayscale (8% by default), colour jitter (72%) or unchanged."""
-        if not _bernoulli(generator, self.student_color_probability):
-            return crop
-        if _bernoulli(generator, self.student_grayscale_probability):
-            return self._grayscale(crop)
-        return self._color_jitter(crop, generator)
+        photometry = torch.zeros(self.num_photometry_columns)
+        if _bernoulli(generator, self.student_color_probability):
+            if _bernoulli(generator, self.student_grayscale_probability):
+                photometry[_GRAYSCALE_COLUMN] = 1.0
+            else:
+                self._draw_jitter(photometry, generator)
+        return photometry
 
-    def _teacher_view(self, crop: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def _teacher_photometry(self, generator: torch.Generator) -> torch.Tensor:
         """Weak photometry: colour jitter (10% by default) or unchanged."""
+        photometry = torch.zeros(self.num_photometry_columns)
         if _bernoulli(generator, self.teacher_color_probability):
-            return self._color_jitter(crop, generator)
-        return crop
+            self._draw_jitter(photometry, generator)
+        return photometry
 
-    def _grayscale(self, crop: torch.Tensor) -> torch.Tensor:
-        if self.num_channels == 3:
-            return TF.rgb_to_grayscale(crop, num_output_channels=3)
-        return _spectral_grayscale(crop)
-
-    def _color_jitter(self, crop: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def _draw_jitter(self, photometry: torch.Tensor, generator: torch.Generator) -> None:
         """Brightness, contrast, saturation and hue (or spectral jitter) in random order, drawn like `ColorJitter`."""
-        order = torch.randperm(len(_JITTER_OPERATIONS), generator=generator).tolist()
-        factors = {
-            name: _uniform(generator, max(0.0, 1.0 - strength), 1.0 + strength)
-            for name, strength in (
-                ("brightness", self.brightness),
-                ("contrast", self.contrast),
-                ("saturation", self.saturation),
-            )
-        }
-        if self.num_channels == 3:
-            factors["hue"] = _uniform(generator, -self.hue, self.hue)
-            operations: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
-                "brightness": TF.adjust_brightness,
-                "contrast": TF.adjust_contrast,
-                "saturation": TF.adjust_saturation,
-                "hue": TF.adjust_hue,
-            }
+        order = torch.randperm(4, generator=generator).tolist()
+        photometry[_JITTER_COLUMN] = 1.0
+        photometry[_HUE_POSITION_COLUMN] = order.index(_HUE)
+        photometry[_BLEND_ORDER_COLUMNS] = torch.tensor([operation for operation in order if operation != _HUE])
+        photometry[_BLEND_FACTOR_COLUMNS] = torch.tensor(
+            [_uniform(generator, max(0.0, 1.0 - strength), 1.0 + strength) for strength in (self.brightness, self.contrast, self.saturation)]
+        )
+        if self.rgb:
+            photometry[_HUE_COLUMNS] = _uniform(generator, -self.hue, self.hue)
         else:
-            band_factors = 1.0 + self.hue * (2 * torch.rand(self.num_channels, generator=generator) - 1)
-            factors["hue"] = band_factors.view(-1, 1, 1)
-            operations = {
-                "brightness": _spectral_brightness,
-                "contrast": _spectral_contrast,
-                "saturation": _spectral_saturation,
-                "hue": _spectral_jitter,
-            }
-        for index in order:
-            name = _JITTER_OPERATIONS[index]
-            crop = operations[name](crop, factors[name])
-        return crop
+            photometry[_HUE_COLUMNS] = 1.0 + self.hue * (2 * torch.rand(self.num_channels, generator=generator) - 1)
+
+    def _rescale(self, crops: torch.Tensor) -> torch.Tensor:
+        return (crops - self.offset) * self.rescale_factor
 
     def _normalize(self, views: torch.Tensor) -> torch.Tensor:
-        """Per-band `(pixel - mean) / std` of a stack of views `(crops, bands, height, width)`."""
-        return (views - self.image_mean.view(1, -1, 1, 1)) / self.image_std.view(1, -1, 1, 1)
+        """Per-band `(pixel - mean) / std` of views `(views, bands, height, width)` on any device."""
+        if views.device not in self._statistics_by_device:
+            # once per device: a copy from the host would wait for the device's queue
+            self._statistics_by_device[views.device] = (
+                self.image_mean.to(views.device).view(1, -1, 1, 1),
+                self.image_std.to(views.device).view(1, -1, 1, 1),
+            )
+        mean, std = self._statistics_by_device[views.device]
+        return (views - mean) / std
 
 
 def pretraining_collate(samples: Sequence[dict]) -> dict[str, torch.Tensor]:
@@ -382,8 +508,9 @@ def pretraining_collate(samples: Sequence[dict]) -> dict[str, torch.Tensor]:
 
     Args:
         samples (`Sequence[dict]`):
-            One dict per image with `student_global`, `teacher_global`, `student_local` and `teacher_local` views,
-            and optionally `replaced`: how many bad samples this one stands in for (see `modeling_pera.data`).
+            One dict per image with `student_global`, `teacher_global`, `student_local` and `teacher_local` views (or,
+            with `defer_photometry`, crops and photometry rows), and optionally `replaced`: how many bad samples this
+            one stands in for (see `modeling_pera.data`).
 
     Returns:
         `dict[str, torch.Tensor]`: `student_global_pixel_values` and `teacher_global_pixel_values` of shape
@@ -391,17 +518,20 @@ def pretraining_collate(samples: Sequence[dict]) -> dict[str, torch.Tensor]:
         `teacher_local_pixel_values` of shape `(num_local_crops, batch_size, channels, local_height, local_width)`
         (left out when there are no local crops, which the model then skips), and `num_replaced`, an int64 scalar
         tensor: the number of bad samples replaced or skipped to make this batch. Pop it before calling the model.
+        Deferred crops and photometry rows are stacked the same way, under their own names (see
+        [`AlignedPairViews.finish_batch`]).
     """
     if not samples:
         raise ValueError("Cannot collate an empty batch.")
     batch = {}
-    for kind in ("global", "local"):
-        for role in ("student", "teacher"):
-            views = torch.stack([sample[f"{role}_{kind}"] for sample in samples], dim=1)
-            if views.shape[0] > 0:
-                batch[f"{role}_{kind}_pixel_values"] = views
+    for name in samples[0]:
+        if name == "replaced":
+            continue
+        stacked = torch.stack([sample[name] for sample in samples], dim=1)
+        if stacked.shape[0] > 0:
+            batch[name if name.endswith(("_crops", "_photometry")) else f"{name}_pixel_values"] = stacked
     batch["num_replaced"] = torch.tensor(sum(int(sample.get("replaced", 0)) for sample in samples), dtype=torch.int64)
     return batch
 
 
-__all__ = ["AlignedPairViews", "pretraining_collate"]
+__all__ = ["AlignedPairViews", "apply_photometry", "pretraining_collate"]

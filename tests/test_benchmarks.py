@@ -54,16 +54,41 @@ def test_representation_benchmark_trains_and_evaluates_every_method(tmp_path):
 
 
 def test_step_benchmark_measures_every_variant_on_cpu(tmp_path):
+    data_dir = write_labelled_images(tmp_path / "data")
     command = [
         sys.executable, str(REPO_ROOT / "benchmarks" / "step.py"), "--device", "cpu", "--model_size", "vit-tiny",
         "--config_overrides", tiny_config_overrides(num_local_crops=2), "--batch_sizes", "2", "--steps", "2",
-        "--warmup", "1", "--output_json", str(tmp_path / "step.json"),
+        "--warmup", "1", "--output_json", str(tmp_path / "step.json"), "--train_dir", str(data_dir / "ucmerced"),
+        "--photometry_on_device", "--num_workers", "0",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "step.json").read_text())
-    assert [row["variant"] for row in report["rows"]] == ["pera", "full_view", "mae"]
+    assert [row["variant"] for row in report["rows"]] == ["pera", "full_view", "mae", "pera"]
+    assert report["rows"][-1]["data"] == "real, photometry on device"
     assert all(row["images_per_second"] > 0 and row["peak_memory_gib"] > 0 for row in report["rows"])
+
+
+def test_data_benchmark_compares_photometry_in_the_workers_and_on_the_device(tmp_path):
+    data_dir = write_labelled_images(tmp_path / "data")
+    markdown = tmp_path / "benchmarks.md"
+    command = [
+        sys.executable, str(REPO_ROOT / "benchmarks" / "data.py"), "--train_dir", str(data_dir / "ucmerced"),
+        "--model_size", "vit-tiny", "--config_overrides", tiny_config_overrides(num_local_crops=2), "--batch_size", "4",
+        "--batches", "2", "--num_workers", "0", "1", "--device", "cpu", "--output_json", str(tmp_path / "data.json"),
+        "--markdown", str(markdown),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp_path / "data.json").read_text())["rows"]
+    assert [(row["mode"], row["num_workers"]) for row in rows] == [
+        ("in_loader", 0), ("on_device", 0), ("in_loader", 1), ("on_device", 1)
+    ]
+    in_loader, on_device = rows[:2]
+    # float32 views of both roles against one 8-bit crop: 2 roles x 4 bytes
+    assert in_loader["bytes_per_image"] > 6 * on_device["bytes_per_image"]
+    assert on_device["finish_images_per_second"] > 0 and in_loader["finish_images_per_second"] is None
+    assert "<!-- BEGIN data-cpu -->" in markdown.read_text()
 
 
 def test_dino_loss_benchmark_compares_both_implementations(tmp_path):

@@ -153,6 +153,7 @@ def test_pil_images_are_adapted_to_three_bands(rgb_tree):
         [rgb_tree / name for name in ("rgba.png", "palette.png", "gray.jpg", "c.tif")], make_views()
     )
     rgba, palette, gray, tiff = (dataset.load_image(index) for index in range(4))
+    assert {image.dtype for image in (rgba, palette, gray, tiff)} == {torch.uint8}  # 8-bit images stay 8-bit
     expected_rgb = np.asarray(Image.open(rgb_tree / "rgba.png"))[..., :3].transpose(2, 0, 1)
     np.testing.assert_array_equal(rgba.numpy(), expected_rgb)
     expected_palette = np.asarray(Image.open(rgb_tree / "palette.png").convert("RGB")).transpose(2, 0, 1)

@@ -80,3 +80,27 @@ def test_chunked_dino_cross_entropy_matches_the_plain_expression(dtype):
     assert chunked_gradient.dtype == dtype
     torch.testing.assert_close(chunked, plain, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(chunked_gradient.float(), plain_gradient.float(), rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-6)
+
+
+def test_attention_saves_one_low_precision_copy_of_its_input_under_autocast():
+    # The q, k and v projections share one bf16 copy of the normalised input for backward; with a copy each, the
+    # attention input would be saved three times (a tenth of a ViT-B step's activations).
+    from modeling_pera.modeling_pera import PeraAttention
+
+    config = tiny_config()
+    attention = PeraAttention(config)
+    leaf = torch.randn(2, 7, config.hidden_size, requires_grad=True)
+    hidden_states = leaf * 1.0  # not a leaf: autocast caches the casts of leaves (weights) only
+    input_copies = set()
+
+    def pack(tensor):
+        if tensor.dtype == torch.bfloat16 and tensor.numel() == hidden_states.numel():
+            if torch.equal(tensor.reshape(hidden_states.shape), hidden_states.detach().bfloat16()):
+                input_copies.add(tensor.untyped_storage().data_ptr())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            attention(hidden_states)[0].sum().backward()
+    assert len(input_copies) == 1
+    assert leaf.grad is not None and torch.isfinite(leaf.grad).all()

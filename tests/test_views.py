@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from modeling_pera import PeraConfig, PeraImageProcessor
-from modeling_pera.views import AlignedPairViews, pretraining_collate
+from modeling_pera.views import AlignedPairViews, apply_photometry, pretraining_collate
 
 
 GLOBAL_SIZE, LOCAL_SIZE = 32, 16
@@ -271,3 +271,101 @@ def test_collate_is_crop_major_and_counts_replacements():
 
     no_local = pretraining_collate([make_views(num_local_crops=0)(smooth_image(), generator())])
     assert "student_local_pixel_values" not in no_local and no_local["num_replaced"].item() == 0
+
+
+def photometry_rows(views: AlignedPairViews, jitter_orders, factors, hue_values, grayscale=()) -> torch.Tensor:
+    """Photometry rows built by hand: row i jitters with operations `jitter_orders[i]` (None: unchanged), blend
+    factors `factors[i]` (brightness, contrast, saturation) and hue column(s) `hue_values[i]`; rows in `grayscale`
+    are made grayscale instead."""
+    rows = torch.zeros(len(jitter_orders), views.num_photometry_columns)
+    for index, (order, row_factors, hue) in enumerate(zip(jitter_orders, factors, hue_values)):
+        if index in grayscale:
+            rows[index, 0] = 1.0
+        elif order is not None:
+            rows[index, 1] = 1.0
+            rows[index, 2] = order.index(3)
+            rows[index, 3:6] = torch.tensor([operation for operation in order if operation != 3])
+            rows[index, 6:9] = torch.tensor(row_factors)
+            rows[index, 9:] = torch.as_tensor(hue)
+    return rows
+
+
+def test_batched_rgb_photometry_matches_torchvision_view_by_view():
+    from torchvision.transforms.v2 import functional as TF
+
+    views = make_views()
+    operations = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    orders = [(0, 1, 2, 3), (3, 2, 1, 0), (1, 3, 0, 2), (2, 0, 3, 1), None, None]
+    factors = [(1.3, 0.7, 1.2), (0.6, 1.4, 0.8), (1.1, 0.9, 1.15), (0.8, 1.3, 0.9), (1.0, 1.0, 1.0), (1.0, 1.0, 1.0)]
+    hues = [0.08, -0.1, 0.03, -0.05, 0.0, 0.0]
+    rows = photometry_rows(views, orders, factors, hues, grayscale=(5,))
+    crops = torch.stack([smooth_image(seed=seed, size=24).float() / 255 for seed in range(len(orders))])
+    crops[0, :, :4] = 0.5  # gray pixels: no hue
+
+    batched = apply_photometry(crops, rows, rgb=True)
+    for index, (order, row_factors, hue) in enumerate(zip(orders, factors, hues)):
+        expected = crops[index]
+        if index == 5:
+            expected = TF.rgb_to_grayscale(expected, num_output_channels=3)
+        elif order is not None:
+            for operation in order:
+                expected = operations[operation](expected, (*row_factors, hue)[operation])
+        torch.testing.assert_close(batched[index], expected, rtol=0, atol=2e-6)
+        # one view alone (the worker's path, which skips the steps it does not take) gives the same
+        torch.testing.assert_close(apply_photometry(crops[index : index + 1], rows[index : index + 1], rgb=True)[0], expected, rtol=0, atol=2e-6)
+    assert torch.equal(batched[4], crops[4])  # an unchanged view is left exactly as it was
+
+
+def test_batched_multispectral_photometry_follows_each_views_order():
+    views = make_views(4)
+    crops = torch.rand(3, 4, 8, 8, generator=generator(1)) * 2
+    band_factors = torch.tensor([[0.9, 1.1, 1.05, 0.95], [1.0, 1.0, 1.0, 1.0], [1.1, 0.92, 1.0, 1.02]])
+    rows = photometry_rows(views, [(0, 3, 1, 2), (2, 1, 0, 3), None], [(1.2, 0.8, 1.3), (0.7, 1.25, 0.6), (1, 1, 1)], band_factors)
+
+    def brightness(x, f):
+        return x * f
+
+    def contrast(x, f):
+        return x.mean((-2, -1), keepdim=True) + f * (x - x.mean((-2, -1), keepdim=True))
+
+    def saturation(x, f):
+        return x.mean(0, keepdim=True) + f * (x - x.mean(0, keepdim=True))
+
+    expected = crops[0]
+    for operation, argument in ((brightness, 1.2), (lambda x, f: x * f.view(-1, 1, 1), band_factors[0]), (contrast, 0.8), (saturation, 1.3)):
+        expected = operation(expected, argument)
+    batched = apply_photometry(crops, rows, rgb=False)
+    torch.testing.assert_close(batched[0], expected)
+    torch.testing.assert_close(batched[1], contrast(brightness(saturation(crops[1], 0.6), 0.7), 1.25))
+    assert torch.equal(batched[2], crops[2])
+
+
+@pytest.mark.parametrize("num_channels", [3, 5])
+def test_deferred_photometry_makes_the_same_views_batched(num_channels):
+    if num_channels == 3:
+        # 8-bit crops are rounded to integers: up to half a level, which hue shifts of unsaturated pixels amplify
+        images, tolerance = [smooth_image(seed=seed, low=10, high=245) for seed in range(3)], 2 / 255 / 0.2
+        statistics = {"image_mean": [0.4, 0.5, 0.45], "image_std": [0.2, 0.25, 0.22]}
+    else:
+        images = [torch.randint(200, 4000, (5, 40, 40), generator=generator(seed)).to(torch.int16) for seed in range(3)]
+        tolerance, statistics = 1e-4, {"rescale_factor": 1e-4}
+    options = {"student_color_probability": 1.0, "student_grayscale_probability": 0.3, "teacher_color_probability": 0.5, **statistics}
+    in_loader = make_views(num_channels, **options)
+    deferred = make_views(num_channels, defer_photometry=True, **options)
+
+    samples = [deferred(image, generator(seed)) for seed, image in enumerate(images)]
+    assert samples[0]["global_crops"].dtype == (torch.uint8 if num_channels == 3 else torch.float32)
+    assert samples[0]["student_local_photometry"].shape == (3, deferred.num_photometry_columns)
+    batch = pretraining_collate(samples)
+    assert batch["global_crops"].shape == (2, 3, num_channels, GLOBAL_SIZE, GLOBAL_SIZE)
+    finished = deferred.finish_batch(batch)
+    assert set(finished) == {f"{role}_{kind}_pixel_values" for role in ("student", "teacher") for kind in ("global", "local")} | {"num_replaced"}
+
+    expected = pretraining_collate([in_loader(image, generator(seed)) for seed, image in enumerate(images)])
+    assert torch.equal(finished.pop("num_replaced"), expected.pop("num_replaced"))
+    for name, values in expected.items():
+        torch.testing.assert_close(finished[name], values, rtol=0, atol=tolerance)
+        assert (finished[name] - values).abs().mean() < tolerance / 4  # on average, within half a level
+    # the draws really differ between views: some student views are grayscale, some jittered, some teacher views not
+    student = finished["student_global_pixel_values"]
+    assert not torch.allclose(student, finished["teacher_global_pixel_values"], atol=1e-3)
