@@ -100,6 +100,10 @@ def measure(arguments) -> dict:
     device = torch.device(arguments.device)
     config = PeraConfig.from_preset(arguments.model_size, **parse_config_overrides(arguments.config_overrides))
     model, groups = build(arguments.variant, config, device)
+    if arguments.activation_checkpointing and arguments.variant != "mae":
+        from modeling_pera.training import enable_activation_checkpointing
+
+        enable_activation_checkpointing(model, arguments.activation_checkpointing)
     optimizer = torch.optim.AdamW(groups, lr=1e-4, eps=2e-5, fused=device.type == "cuda")
     apply_schedule(optimizer, PretrainingSchedule(total_steps=100).at(50))
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
@@ -109,7 +113,7 @@ def measure(arguments) -> dict:
         fixed = synthetic_batch(arguments.variant, config, arguments.batch_size, device)
         batches = iter(lambda: fixed, None)
     extra = {} if arguments.variant == "mae" else {"teacher_temperature": torch.tensor(0.04, device=device)}
-    forward = torch.compile(model) if arguments.compile else model
+    forward = torch.compile(model, mode=arguments.compile) if arguments.compile else model
     memory_before_steps = peak_memory_gib(device)
     times = []
     for step in range(arguments.warmup + arguments.steps):
@@ -142,7 +146,8 @@ def measure(arguments) -> dict:
         # the Python process itself)
         "step_memory_gib": round(peak_gib - memory_before_steps, 2),
         "loss": round(float(loss.detach()), 4),
-        "compiled": arguments.compile,
+        "compiled": arguments.compile or False,
+        "activation_checkpointing": arguments.activation_checkpointing if arguments.variant != "mae" else None,
     }
 
 
@@ -154,7 +159,8 @@ def run_measurement(arguments, variant: str, batch_size: int, train_dir: str | N
         "--config_overrides", arguments.config_overrides, "--steps", str(arguments.steps),
         "--warmup", str(arguments.warmup), "--num_workers", str(arguments.num_workers),
     ]
-    command += (["--no_bf16"] if not arguments.bf16 else []) + (["--compile"] if arguments.compile else [])
+    command += (["--no_bf16"] if not arguments.bf16 else []) + (["--compile", arguments.compile] if arguments.compile else [])
+    command += ["--activation_checkpointing", arguments.activation_checkpointing] if arguments.activation_checkpointing else []
     command += ["--train_dir", train_dir] if train_dir else []
     command += ["--photometry_on_device"] if arguments.photometry_on_device else []
     result = subprocess.run(command, capture_output=True, text=True)
@@ -190,16 +196,17 @@ def markdown_table(report: dict) -> str:
         f"Device: **{report['device']}**; {report['model_size']} ({report['config_overrides'] or 'reference crops'}); "
         f"bf16 autocast: {report['bf16']}. Command: `{report['command']}`",
         "",
-        "| variant | batch | data | compiled | step (s) | images/s | peak memory (GiB) | added by the steps (GiB) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| variant | batch | data | compiled | checkpointing | step (s) | images/s | peak memory (GiB) | added by the steps (GiB) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
         if row.get("oom"):
-            lines.append(f"| {row['variant']} | {row['batch_size']} | | | OOM | | | |")
+            lines.append(f"| {row['variant']} | {row['batch_size']} | | | | OOM | | | |")
         else:
             lines.append(
-                f"| {row['variant']} | {row['batch_size']} | {row['data']} | {row['compiled']} | {row['step_time_s']} | "
-                f"{row['images_per_second']} | {row['peak_memory_gib']} | {row['step_memory_gib']} |"
+                f"| {row['variant']} | {row['batch_size']} | {row['data']} | {row['compiled']} | "
+                f"{row.get('activation_checkpointing') or ''} | {row['step_time_s']} | {row['images_per_second']} | "
+                f"{row['peak_memory_gib']} | {row['step_memory_gib']} |"
             )
     if report.get("max_batch"):
         lines += ["", "Largest batch that fits: " + ", ".join(f"{k} {v}" for k, v in report["max_batch"].items())]
@@ -216,7 +223,14 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--no_bf16", dest="bf16", action="store_false")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (the first steps compile).")
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        choices=("default", "reduce-overhead", "max-autotune"),
+        help="torch.compile the model, in this mode (reduce-overhead: CUDA graphs); the first steps compile.",
+    )
+    parser.add_argument("--activation_checkpointing", choices=("full", "selective"), help="For pera and full_view.")
     parser.add_argument("--train_dir", help="Also measure PerA with real batches from this folder (data included).")
     parser.add_argument("--num_workers", type=int, default=4)
     parser.add_argument(

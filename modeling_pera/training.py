@@ -5,6 +5,7 @@ export of the teacher encoder.
 """
 
 import ast
+import contextlib
 import itertools
 import json
 import logging
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
+from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 from tqdm.auto import tqdm
 
 from .configuration_pera import PeraConfig
@@ -36,6 +38,17 @@ SNAPSHOTS_DIRNAME = "snapshots"
 TRAINER_STATE_NAME = "trainer_state.json"
 # Parameters that are not weight matrices: decaying them pulls tokens, positions, scales and offsets to zero.
 NO_DECAY_NAMES = ("cls_token", "mask_token", "position_embeddings", "weight_g")
+# Operations whose outputs selective activation checkpointing keeps: matrix products and attention, costly to
+# recompute. The rest of a block (norms, GELU, casts, residual adds, drop path) is recomputed in backward.
+KEPT_BY_SELECTIVE_CHECKPOINTING = {
+    torch.ops.aten.mm.default,
+    torch.ops.aten.addmm.default,
+    torch.ops.aten.bmm.default,
+    torch.ops.aten._scaled_dot_product_flash_attention.default,
+    torch.ops.aten._scaled_dot_product_efficient_attention.default,
+    torch.ops.aten._scaled_dot_product_cudnn_attention.default,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
+}
 
 
 # Hyper-parameter sets. "reference" is method.md's recipe, made for 200 epochs over millions of images. Measured on
@@ -118,7 +131,14 @@ class PretrainingArguments:
             "run batched on the training device. Same views; default: on for GPUs, off on the CPU."
         },
     )
-    activation_checkpointing: bool = field(default=False, metadata={"help": "Recompute block activations in backward."})
+    activation_checkpointing: str | None = field(
+        default=None,
+        metadata={
+            "help": "Recompute the student's block activations in backward: 'full' keeps only each block's input; "
+            "'selective' also keeps the outputs of matrix products and attention, and recomputes the cheap rest.",
+            "choices": ["full", "selective"],
+        },
+    )
     torch_compile: bool = field(
         default=False,
         metadata={"help": "Compile the forward pass with torch.compile (the first steps compile; pays off on GPUs)."},
@@ -166,6 +186,42 @@ def student_parameter_groups(model: PeraForPreTraining) -> list[dict]:
         else:
             decayed.append(parameter)
     return [{"params": decayed, "apply_weight_decay": True}, {"params": not_decayed, "apply_weight_decay": False}]
+
+
+def _selective_checkpointing_policy(context, operation, *arguments, **keyword_arguments) -> CheckpointPolicy:
+    if operation in KEPT_BY_SELECTIVE_CHECKPOINTING:
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+@contextlib.contextmanager
+def _without_autocast_cache(forward_context: contextlib.AbstractContextManager):
+    """`forward_context` with autocast's weight-cast cache off. Autocast keeps its casts for the whole forward pass,
+    so a block run a second time in one pass (the student sees the global crops, then the local ones) would cast
+    nothing, while its recomputation in backward casts its weights: selective checkpointing needs both to run the
+    same operations."""
+    cache_enabled = torch.is_autocast_cache_enabled()
+    torch.set_autocast_cache_enabled(False)
+    try:
+        with forward_context:
+            yield
+    finally:
+        torch.set_autocast_cache_enabled(cache_enabled)
+
+
+def _selective_checkpointing_contexts() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+    forward_context, recompute_context = create_selective_checkpoint_contexts(_selective_checkpointing_policy)
+    return _without_autocast_cache(forward_context), recompute_context
+
+
+def enable_activation_checkpointing(model: PeraForPreTraining, mode: str) -> None:
+    """Checkpoints every block of the student: `mode` 'full' or 'selective' (see `PretrainingArguments`)."""
+    if mode not in ("full", "selective"):
+        raise ValueError(f"activation checkpointing is 'full' or 'selective', got {mode!r}.")
+    checkpoint_kwargs = {"use_reentrant": False}
+    if mode == "selective":
+        checkpoint_kwargs["context_fn"] = _selective_checkpointing_contexts
+    model.student.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpoint_kwargs)
 
 
 def apply_schedule(optimizer: torch.optim.Optimizer, values: ScheduleValues) -> None:
@@ -300,7 +356,7 @@ def pretrain(arguments: PretrainingArguments) -> dict:
     config = model.config
     processor = build_processor(arguments, config)
     if arguments.activation_checkpointing:
-        model.student.activation_checkpointing_enable()
+        enable_activation_checkpointing(model, arguments.activation_checkpointing)
 
     source = load_pretraining_dataset(
         dataset_name=arguments.dataset_name,

@@ -59,13 +59,14 @@ def test_step_benchmark_measures_every_variant_on_cpu(tmp_path):
         sys.executable, str(REPO_ROOT / "benchmarks" / "step.py"), "--device", "cpu", "--model_size", "vit-tiny",
         "--config_overrides", tiny_config_overrides(num_local_crops=2), "--batch_sizes", "2", "--steps", "2",
         "--warmup", "1", "--output_json", str(tmp_path / "step.json"), "--train_dir", str(data_dir / "ucmerced"),
-        "--photometry_on_device", "--num_workers", "0",
+        "--photometry_on_device", "--num_workers", "0", "--activation_checkpointing", "selective",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "step.json").read_text())
     assert [row["variant"] for row in report["rows"]] == ["pera", "full_view", "mae", "pera"]
     assert report["rows"][-1]["data"] == "real, photometry on device"
+    assert [row["activation_checkpointing"] for row in report["rows"]] == ["selective", "selective", None, "selective"]
     assert all(row["images_per_second"] > 0 and row["peak_memory_gib"] > 0 for row in report["rows"])
 
 
