@@ -12,13 +12,11 @@ copies made by autocast are counted under "weight copies".
 
 import argparse
 import collections
-import json
 import re
-import sys
 from pathlib import Path
 
 import torch
-from reporting import write_section
+from reporting import command_line, markdown_table, publish
 
 
 def saved_tensor_bytes(model, batch: dict, bf16: bool) -> collections.Counter:
@@ -93,7 +91,7 @@ def main():
         if module != "weight copies"
     ]
     report = {
-        "command": "python benchmarks/activation_memory.py " + " ".join(sys.argv[1:]),
+        "command": command_line(),
         "model_size": arguments.model_size,
         "variant": arguments.variant,
         "bf16": arguments.bf16,
@@ -101,24 +99,17 @@ def main():
         "weight_copies_mib": round(weight_copies / 2**20, 1),
         "rows": rows,
     }
-    if arguments.output_json:
-        Path(arguments.output_json).write_text(json.dumps(report, indent=2))
-    table = "\n".join(
-        [
-            f"{arguments.variant}, {arguments.model_size} ({arguments.config_overrides or 'reference crops'}), bf16 "
-            f"autocast: {arguments.bf16}: **{report['activations_mib_per_image']} MiB of activations per image** saved "
-            f"for backward, and {report['weight_copies_mib']} MiB of weight copies per step. Command: "
-            f"`{report['command']}`",
-            "",
-            "| saved by | dtype | MiB per image |",
-            "|---|---|---|",
-            *(f"| {row['module']} | {row['dtype']} | {row['mib_per_image']} |" for row in rows[: arguments.top]),
-        ]
+    text = (
+        f"{arguments.variant}, {arguments.model_size} ({arguments.config_overrides or 'reference crops'}), bf16 "
+        f"autocast: {arguments.bf16}: **{report['activations_mib_per_image']} MiB of activations per image** saved "
+        f"for backward, and {report['weight_copies_mib']} MiB of weight copies per step. Command: "
+        f"`{report['command']}`\n\n"
+        + markdown_table(
+            ["saved by", "dtype", "MiB per image"],
+            [[row["module"], row["dtype"], row["mib_per_image"]] for row in rows[: arguments.top]],
+        )
     )
-    print(table)
-    if arguments.markdown:
-        write_section(arguments.markdown, arguments.section, table)
-
+    publish(report, text, arguments.output_json, arguments.markdown, arguments.section)
 
 if __name__ == "__main__":
     main()

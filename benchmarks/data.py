@@ -14,12 +14,11 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
-from reporting import write_section
+from reporting import command_line, device_name, markdown_table, publish
 
 
 MODES = ("in_loader", "on_device")
@@ -92,34 +91,27 @@ def main():
             print(json.dumps(rows[-1]), flush=True)
     device = torch.device(arguments.device)
     report = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
+        "device": device_name(device),
         "cpu_count": len(os.sched_getaffinity(0)),
-        "command": "python benchmarks/data.py " + " ".join(sys.argv[1:]),
+        "command": command_line(),
         "model_size": arguments.model_size,
         "batch_size": arguments.batch_size,
         "rows": rows,
     }
-    if arguments.output_json:
-        Path(arguments.output_json).write_text(json.dumps(report, indent=2))
-    table = "\n".join(
-        [
-            f"{report['cpu_count']} CPU cores; finish_batch on **{report['device']}**; crops of {arguments.model_size} "
-            f"({arguments.config_overrides or 'reference crops'}), batch {arguments.batch_size}, images from "
-            f"`{Path(arguments.train_dir).name}`. Command: `{report['command']}`",
-            "",
-            "| photometry | workers | loader images/s | MB per image to the device | finish_batch images/s |",
-            "|---|---|---|---|---|",
-            *(
-                f"| {r['mode']} | {r['num_workers']} | {r['loader_images_per_second']} | {r['bytes_per_image'] / 1e6:.2f} | "
-                f"{r['finish_images_per_second'] or ''} |"
-                for r in rows
-            ),
-        ]
+    text = (
+        f"{report['cpu_count']} CPU cores; finish_batch on **{report['device']}**; crops of {arguments.model_size} "
+        f"({arguments.config_overrides or 'reference crops'}), batch {arguments.batch_size}, images from "
+        f"`{Path(arguments.train_dir).name}`. Command: `{report['command']}`\n\n"
+        + markdown_table(
+            ["photometry", "workers", "loader images/s", "MB per image to the device", "finish_batch images/s"],
+            [
+                [row["mode"], row["num_workers"], row["loader_images_per_second"], f"{row['bytes_per_image'] / 1e6:.2f}",
+                 row["finish_images_per_second"] or ""]
+                for row in rows
+            ],
+        )
     )
-    print(table)
-    if arguments.markdown:
-        write_section(arguments.markdown, arguments.section or f"data-{device.type}", table)
-
+    publish(report, text, arguments.output_json, arguments.markdown, arguments.section or f"data-{device.type}")
 
 if __name__ == "__main__":
     main()

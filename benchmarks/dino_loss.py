@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from reporting import write_section
+from reporting import command_line, device_name, markdown_table, publish
 
 
 IMPLEMENTATIONS = ("plain", "chunked")
@@ -99,29 +99,22 @@ def main():
         print(json.dumps(rows[-1]), flush=True)
     device = torch.device(arguments.device)
     report = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)",
-        "command": "python benchmarks/dino_loss.py " + " ".join(sys.argv[1:]),
+        "device": device_name(device),
+        "command": command_line(),
         "rows": arguments.rows,
         "num_prototypes": arguments.num_prototypes,
         "dtype": arguments.dtype,
         "results": rows,
     }
-    if arguments.output_json:
-        Path(arguments.output_json).write_text(json.dumps(report, indent=2))
-    table = "\n".join(
-        [
-            f"Device: **{report['device']}**; {arguments.rows} rows x {arguments.num_prototypes} prototypes, "
-            f"{arguments.dtype} logits. Command: `{report['command']}`",
-            "",
-            "| DINO loss | forward + backward (ms) | peak memory above the inputs (MiB) | loss |",
-            "|---|---|---|---|",
-            *(f"| {r['implementation']} | {r['time_ms']} | {r['peak_above_inputs_mib']} | {r['loss']} |" for r in rows),
-        ]
+    text = (
+        f"Device: **{report['device']}**; {arguments.rows} rows x {arguments.num_prototypes} prototypes, "
+        f"{arguments.dtype} logits. Command: `{report['command']}`\n\n"
+        + markdown_table(
+            ["DINO loss", "forward + backward (ms)", "peak memory above the inputs (MiB)", "loss"],
+            [[row["implementation"], row["time_ms"], row["peak_above_inputs_mib"], row["loss"]] for row in rows],
+        )
     )
-    print(table)
-    if arguments.markdown:
-        write_section(arguments.markdown, arguments.section, table)
-
+    publish(report, text, arguments.output_json, arguments.markdown, arguments.section)
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,37 @@
-"""What the benchmark scripts share: writing their markdown tables into docs/benchmarks.md."""
+"""What the benchmark scripts share: how a run is named (command line, device) and how its figures are published
+(JSON, the printed table, the table's block in docs/benchmarks.md)."""
 
+import json
 import re
+import sys
+from collections.abc import Sequence
 from pathlib import Path
+
+import torch
+
+
+def command_line() -> str:
+    """The command that ran this benchmark, as the docs quote it."""
+    return f"python benchmarks/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:])
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[Sequence]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
+
+
+def publish(report: dict, text: str, output_json: str | Path | None, markdown: str | Path | None, section: str) -> None:
+    """Writes `report` to `output_json`, prints `text` and writes it into the `section` block of `markdown`."""
+    if output_json:
+        Path(output_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(output_json).write_text(json.dumps(report, indent=2))
+    print(text)
+    if markdown:
+        write_section(Path(markdown), section, text)
 
 
 def write_section(markdown_path: Path, section: str, table: str) -> None:

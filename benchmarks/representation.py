@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-from reporting import write_section
+from reporting import command_line, publish
 
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -235,7 +235,7 @@ def main():
     folders = train_dirs(arguments.data_dir)
     budget_seconds = 60 * setting["budget_minutes"]
     report = {
-        "command": "python benchmarks/representation.py " + " ".join(sys.argv[1:]),
+        "command": command_line(),
         "device_name": torch.cuda.get_device_name() if setting["device"] == "cuda" else f"CPU ({torch.get_num_threads()} threads)",
         "setting": setting,
         "num_train_dirs": len(folders),
@@ -290,12 +290,10 @@ def main():
     figure = figures_dir / f"representation_{arguments.setting}.png"
     report["plot"] = str(figure.relative_to(arguments.markdown.parent)) if arguments.markdown else str(figure)
     plot(report, figure)
-    arguments.output_dir.mkdir(parents=True, exist_ok=True)
-    (arguments.output_dir / "representation.json").write_text(json.dumps(report, indent=2))
-    table = markdown_table(report)
-    print(table)
-    if arguments.markdown:
-        write_section(arguments.markdown, f"representation-{arguments.setting}", table)
+    publish(
+        report, markdown_table(report), arguments.output_dir / "representation.json", arguments.markdown,
+        f"representation-{arguments.setting}",
+    )
 
 
 if __name__ == "__main__":

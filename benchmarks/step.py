@@ -22,10 +22,9 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
-from reporting import write_section
+from reporting import command_line, device_name, markdown_table, publish
 
 
 VARIANTS = ("pera", "full_view", "mae")
@@ -191,26 +190,27 @@ def find_max_batch(arguments, variant: str, start: int, limit: int) -> int:
     return fits
 
 
-def markdown_table(report: dict) -> str:
-    lines = [
-        f"Device: **{report['device']}**; {report['model_size']} ({report['config_overrides'] or 'reference crops'}); "
-        f"bf16 autocast: {report['bf16']}. Command: `{report['command']}`",
-        "",
-        "| variant | batch | data | compiled | checkpointing | step (s) | images/s | peak memory (GiB) | added by the steps (GiB) |",
-        "|---|---|---|---|---|---|---|---|---|",
+def step_table(report: dict) -> str:
+    columns = [
+        "variant", "batch", "data", "compiled", "checkpointing", "step (s)", "images/s", "peak memory (GiB)",
+        "added by the steps (GiB)",
     ]
+    rows = []
     for row in report["rows"]:
         if row.get("oom"):
-            lines.append(f"| {row['variant']} | {row['batch_size']} | | | | OOM | | | |")
+            rows.append([row["variant"], row["batch_size"], "", "", "", "OOM", "", "", ""])
         else:
-            lines.append(
-                f"| {row['variant']} | {row['batch_size']} | {row['data']} | {row['compiled']} | "
-                f"{row.get('activation_checkpointing') or ''} | {row['step_time_s']} | {row['images_per_second']} | "
-                f"{row['peak_memory_gib']} | {row['step_memory_gib']} |"
-            )
+            rows.append([
+                row["variant"], row["batch_size"], row["data"], row["compiled"], row.get("activation_checkpointing") or "",
+                row["step_time_s"], row["images_per_second"], row["peak_memory_gib"], row["step_memory_gib"],
+            ])
+    text = (
+        f"Device: **{report['device']}**; {report['model_size']} ({report['config_overrides'] or 'reference crops'}); "
+        f"bf16 autocast: {report['bf16']}. Command: `{report['command']}`\n\n" + markdown_table(columns, rows)
+    )
     if report.get("max_batch"):
-        lines += ["", "Largest batch that fits: " + ", ".join(f"{k} {v}" for k, v in report["max_batch"].items())]
-    return "\n".join(lines)
+        text += "\n\nLargest batch that fits: " + ", ".join(f"{k} {v}" for k, v in report["max_batch"].items())
+    return text
 
 
 def main():
@@ -264,22 +264,16 @@ def main():
             max_batch[variant] = find_max_batch(arguments, variant, max(arguments.batch_sizes), arguments.max_batch_limit)
             print(json.dumps({"variant": variant, "max_batch": max_batch[variant]}), flush=True)
     report = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)",
+        "device": device_name(device),
         "model_size": arguments.model_size,
         "config_overrides": arguments.config_overrides,
         "bf16": arguments.bf16,
         "torch": torch.__version__,
-        "command": "python benchmarks/step.py " + " ".join(sys.argv[1:]),
+        "command": command_line(),
         "rows": rows,
         "max_batch": max_batch,
     }
-    if arguments.output_json:
-        Path(arguments.output_json).write_text(json.dumps(report, indent=2))
-    table = markdown_table(report)
-    print(table)
-    if arguments.markdown:
-        write_section(Path(arguments.markdown), arguments.section, table)
-
+    publish(report, step_table(report), arguments.output_json, arguments.markdown, arguments.section)
 
 if __name__ == "__main__":
     main()

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from transformers import TrainingArguments
 
-from modeling_pera import PeraForImageClassification, PeraForPreTraining, PeraImageProcessor, PeraModel
+from modeling_pera import PeraForImageClassification, PeraForPreTraining, PeraImageProcessor
 from modeling_pera.finetuning import LayerDecayTrainer, RandomResizedCropTransform, parameter_depth
 from pera_testing import run_without_package, tiny_config
 
