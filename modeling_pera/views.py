@@ -21,7 +21,7 @@ from .image_processing_pera import PeraImageProcessor
 # Colour-jitter operations, numbered as `torch.randperm(4)` orders them (torchvision's `ColorJitter` order).
 _BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = range(4)
 
-# Columns of a photometry row (one row per view, see `AlignedPairViews._draw_photometry`): whether the view is made
+# Columns of a photometry row (one row per view, drawn by `AlignedPairViews`): whether the view is made
 # grayscale, whether it is colour-jittered, the position of the hue step among the four jitter steps, the three
 # other steps in their order, the brightness, contrast and saturation factors, then the hue shift (RGB) or one
 # spectral factor per band.
@@ -165,8 +165,9 @@ class AlignedPairViews:
     Pixels are first converted to float32 as the image processor does: `(pixel - offset) * rescale_factor`.
 
     **Photometric operations by band count.** With 3 bands the image is taken as RGB and torchvision's operations
-    are used (which expect, and clip to, values in [0, 1] after rescaling, as for 8-bit RGB with
-    `rescale_factor=1/255`). For any other band count the RGB operations have no meaning, and these per-band
+    apply (which expect, and clip to, values in [0, 1] after rescaling, as for 8-bit RGB with
+    `rescale_factor=1/255`), computed batched by [`apply_photometry`] and tested against torchvision's. For any
+    other band count the RGB operations have no meaning, and these per-band
     equivalents are used, without clipping (the value range of multispectral data is not fixed):
 
     - brightness: all bands multiplied by one factor in `[1 - brightness, 1 + brightness]`;
@@ -212,7 +213,7 @@ class AlignedPairViews:
             offset and rescaling; uint8 when the image is uint8, else float32) and the photometric parameters drawn
             for each view, and [`~AlignedPairViews.finish_batch`] makes the views of a whole batch on its device. The
             random draws are the same, so are the views (up to the rounding of 8-bit crops to integers). DataLoader
-            workers then do a third of the work and send a quarter of the bytes (8-bit images).
+            workers then do about a quarter of the work and send an eighth of the bytes (8-bit images).
 
     Example:
 
@@ -380,15 +381,16 @@ class AlignedPairViews:
                 student_photometry[index] = self._student_photometry(generator)
                 teacher_photometry[index] = self._teacher_photometry(generator)
             if self.defer_photometry:
-                # 8-bit crops travel as 8 bits: a quarter of the bytes from the workers and to the device
-                views[f"{kind}_crops"] = crops.round().clamp(0, 255).to(torch.uint8) if image.dtype == torch.uint8 else crops
+                if image.dtype == torch.uint8:  # 8-bit crops travel as 8 bits, to the main process and the device
+                    crops = crops.round().clamp(0, 255).to(torch.uint8)
+                views[f"{kind}_crops"] = crops
                 views[f"student_{kind}_photometry"] = student_photometry
                 views[f"teacher_{kind}_photometry"] = teacher_photometry
             else:
                 crops = self._rescale(crops)
                 for role, photometry in (("student", student_photometry), ("teacher", teacher_photometry)):
                     # one view at a time, so that each skips the steps it does not take
-                    role_views = [apply_photometry(crop[None], row[None], self.rgb) for crop, row in zip(crops, photometry)]
+                    role_views = [apply_photometry(view[None], row[None], self.rgb) for view, row in zip(crops, photometry)]
                     views[f"{role}_{kind}"] = self._normalize(torch.cat(role_views) if count else crops)
         return views
 
@@ -479,8 +481,9 @@ class AlignedPairViews:
         photometry[_JITTER_COLUMN] = 1.0
         photometry[_HUE_POSITION_COLUMN] = order.index(_HUE)
         photometry[_BLEND_ORDER_COLUMNS] = torch.tensor([operation for operation in order if operation != _HUE])
+        strengths = (self.brightness, self.contrast, self.saturation)
         photometry[_BLEND_FACTOR_COLUMNS] = torch.tensor(
-            [_uniform(generator, max(0.0, 1.0 - strength), 1.0 + strength) for strength in (self.brightness, self.contrast, self.saturation)]
+            [_uniform(generator, max(0.0, 1.0 - strength), 1.0 + strength) for strength in strengths]
         )
         if self.rgb:
             photometry[_HUE_COLUMNS] = _uniform(generator, -self.hue, self.hue)
