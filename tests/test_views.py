@@ -312,7 +312,8 @@ def test_batched_rgb_photometry_matches_torchvision_view_by_view():
                 expected = operations[operation](expected, (*row_factors, hue)[operation])
         torch.testing.assert_close(batched[index], expected, rtol=0, atol=2e-6)
         # one view alone (the worker's path, which skips the steps it does not take) gives the same
-        torch.testing.assert_close(apply_photometry(crops[index : index + 1], rows[index : index + 1], rgb=True)[0], expected, rtol=0, atol=2e-6)
+        alone = apply_photometry(crops[index : index + 1], rows[index : index + 1], rgb=True)[0]
+        torch.testing.assert_close(alone, expected, rtol=0, atol=2e-6)
     assert torch.equal(batched[4], crops[4])  # an unchanged view is left exactly as it was
 
 
@@ -320,7 +321,8 @@ def test_batched_multispectral_photometry_follows_each_views_order():
     views = make_views(4)
     crops = torch.rand(3, 4, 8, 8, generator=generator(1)) * 2
     band_factors = torch.tensor([[0.9, 1.1, 1.05, 0.95], [1.0, 1.0, 1.0, 1.0], [1.1, 0.92, 1.0, 1.02]])
-    rows = photometry_rows(views, [(0, 3, 1, 2), (2, 1, 0, 3), None], [(1.2, 0.8, 1.3), (0.7, 1.25, 0.6), (1, 1, 1)], band_factors)
+    orders, factors = [(0, 3, 1, 2), (2, 1, 0, 3), None], [(1.2, 0.8, 1.3), (0.7, 1.25, 0.6), (1, 1, 1)]
+    rows = photometry_rows(views, orders, factors, band_factors)
 
     def brightness(x, f):
         return x * f
@@ -332,7 +334,11 @@ def test_batched_multispectral_photometry_follows_each_views_order():
         return x.mean(0, keepdim=True) + f * (x - x.mean(0, keepdim=True))
 
     expected = crops[0]
-    for operation, argument in ((brightness, 1.2), (lambda x, f: x * f.view(-1, 1, 1), band_factors[0]), (contrast, 0.8), (saturation, 1.3)):
+    def spectral_jitter(x, f):
+        return x * f.view(-1, 1, 1)
+
+    # view 0: brightness, then the per-band factors (the hue step), contrast, saturation
+    for operation, argument in ((brightness, 1.2), (spectral_jitter, band_factors[0]), (contrast, 0.8), (saturation, 1.3)):
         expected = operation(expected, argument)
     batched = apply_photometry(crops, rows, rgb=False)
     torch.testing.assert_close(batched[0], expected)
@@ -349,7 +355,12 @@ def test_deferred_photometry_makes_the_same_views_batched(num_channels):
     else:
         images = [torch.randint(200, 4000, (5, 40, 40), generator=generator(seed)).to(torch.int16) for seed in range(3)]
         tolerance, statistics = 1e-4, {"rescale_factor": 1e-4}
-    options = {"student_color_probability": 1.0, "student_grayscale_probability": 0.3, "teacher_color_probability": 0.5, **statistics}
+    options = {
+        "student_color_probability": 1.0,
+        "student_grayscale_probability": 0.3,
+        "teacher_color_probability": 0.5,
+        **statistics,
+    }
     in_loader = make_views(num_channels, **options)
     deferred = make_views(num_channels, defer_photometry=True, **options)
 
@@ -359,7 +370,8 @@ def test_deferred_photometry_makes_the_same_views_batched(num_channels):
     batch = pretraining_collate(samples)
     assert batch["global_crops"].shape == (2, 3, num_channels, GLOBAL_SIZE, GLOBAL_SIZE)
     finished = deferred.finish_batch(batch)
-    assert set(finished) == {f"{role}_{kind}_pixel_values" for role in ("student", "teacher") for kind in ("global", "local")} | {"num_replaced"}
+    pixel_names = {f"{role}_{kind}_pixel_values" for role in ("student", "teacher") for kind in ("global", "local")}
+    assert set(finished) == pixel_names | {"num_replaced"}
 
     expected = pretraining_collate([in_loader(image, generator(seed)) for seed, image in enumerate(images)])
     assert torch.equal(finished.pop("num_replaced"), expected.pop("num_replaced"))
