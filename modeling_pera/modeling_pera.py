@@ -199,7 +199,7 @@ class PeraAttention(nn.Module):
         self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         device_type = hidden_states.device.type
-        if torch.is_autocast_enabled(device_type):
+        if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
             # one low-precision copy of the input, saved once for backward, instead of one per projection
             hidden_states = hidden_states.to(torch.get_autocast_dtype(device_type))
         hidden_shape = (*hidden_states.shape[:-1], -1, self.head_dim)

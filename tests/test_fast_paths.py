@@ -118,3 +118,23 @@ def test_attention_saves_one_low_precision_copy_of_its_input_under_autocast():
             attention(hidden_states)[0].sum().backward()
     assert len(input_copies) == 1
     assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
+
+
+def test_training_step_reads_nothing_back_to_the_host():
+    # On the meta device, reading a value back to the host (.item(), bool(tensor), a shape that depends on the data)
+    # raises. The device-side view making, the step and the EMA update run there: on a GPU they never wait for it.
+    from modeling_pera import PeraImageProcessor
+    from modeling_pera.views import AlignedPairViews, pretraining_collate
+
+    config = tiny_config(num_local_crops=2)
+    views = AlignedPairViews(config, PeraImageProcessor(), defer_photometry=True)
+    images = [torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8) for _ in range(3)]
+    batch = pretraining_collate([views(image, torch.Generator().manual_seed(seed)) for seed, image in enumerate(images)])
+    batch.pop("num_replaced")
+    batch = views.finish_batch({name: tensor.to("meta") for name, tensor in batch.items()})
+    model = PeraForPreTraining(config).train().to("meta")
+
+    outputs = model(**batch, teacher_temperature=torch.tensor(0.04, device="meta"))
+    outputs.loss.backward()
+    model.update_teacher(0.99)
+    assert outputs.loss.device.type == "meta" and model.student.embeddings.cls_token.grad is not None
