@@ -249,7 +249,7 @@ class PeraDropPath(nn.Module):
         keep_prob = 1 - self.drop_prob
         shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
         keep = torch.empty(shape, dtype=hidden_states.dtype, device=hidden_states.device).bernoulli_(keep_prob)
-        return hidden_states * keep / keep_prob
+        return hidden_states * keep.div_(keep_prob)  # scaling the per-sample mask: one pass over the activations
 
     def extra_repr(self) -> str:
         return f"p={self.drop_prob}"

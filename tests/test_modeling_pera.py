@@ -458,3 +458,18 @@ def test_full_view_baseline_shows_every_patch_to_both_networks():
     for patch in (0, num_patches - 1):
         edited = set_patch(views.flatten(0, 1), patch, config.patch_size, 100.0).view_as(views)
         assert not torch.equal(model(**{**inputs, "teacher_global_pixel_values": edited}).teacher_entropy, outputs.teacher_entropy)
+
+
+def test_drop_path_drops_whole_samples_and_keeps_the_expectation():
+    from modeling_pera.modeling_pera import PeraDropPath
+
+    drop_path = PeraDropPath(0.25).train()
+    hidden_states = torch.ones(4000, 3, 5)
+    torch.manual_seed(0)
+    output = drop_path(hidden_states)
+    per_sample = output.flatten(1)
+    # each sample is either dropped (all zeros) or kept and scaled by 1 / keep probability
+    assert torch.all((per_sample == 0).all(dim=1) | torch.isclose(per_sample, torch.tensor(1 / 0.75)).all(dim=1))
+    assert abs((per_sample[:, 0] == 0).float().mean().item() - 0.25) < 0.03
+    assert abs(output.mean().item() - 1.0) < 0.05
+    assert torch.equal(drop_path.eval()(hidden_states), hidden_states)  # identity at inference
