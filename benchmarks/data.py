@@ -24,6 +24,15 @@ from reporting import command_line, device_name, markdown_table, publish
 MODES = ("in_loader", "on_device")
 
 
+def endless(loader):
+    """The loader's batches, epoch after epoch (a small folder still gives as many batches as asked for)."""
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
 def loader_figures(arguments, mode: str, num_workers: int) -> dict:
     from modeling_pera import PeraConfig, PeraImageProcessor
     from modeling_pera.data import load_pretraining_dataset, make_pretraining_dataloader, make_pretraining_dataset
@@ -35,7 +44,9 @@ def loader_figures(arguments, mode: str, num_workers: int) -> dict:
     dataset = make_pretraining_dataset(load_pretraining_dataset(train_dir=arguments.train_dir), views)
     loader = make_pretraining_dataloader(dataset, batch_size=arguments.batch_size, num_workers=num_workers)
     device = torch.device(arguments.device)
-    batches = iter(loader)
+    if len(loader) == 0:
+        raise SystemExit(f"{arguments.train_dir} has fewer images than one batch of {arguments.batch_size}.")
+    batches = endless(loader)
     next(batches)  # starts the workers
     loader_seconds, deferred_batches, batch_bytes = 0.0, [], 0
     for _ in range(arguments.batches):
@@ -46,7 +57,7 @@ def loader_figures(arguments, mode: str, num_workers: int) -> dict:
         batch_bytes = sum(tensor.numel() * tensor.element_size() for tensor in batch.values())
         if views.defer_photometry:
             deferred_batches.append(batch)
-    del batches  # stops the workers before finish_batch is timed
+    del batches, loader  # shuts the workers down before finish_batch is timed
     finish_seconds = []
     for batch in deferred_batches:
         batch = {name: tensor.to(device) for name, tensor in batch.items()}
