@@ -5,8 +5,10 @@
         --output_json bench.json --markdown docs/benchmarks.md --section h100-vit-base
 
 A step is forward + backward + gradient clipping + optimizer (+ EMA for PerA), on synthetic inputs already on the
-device (or, with --train_dir, on real batches from the pretraining DataLoader: "data included"). Each measurement
-runs in a fresh process, so peak memory is its own: CUDA `max_memory_allocated`, CPU peak resident set size.
+device (or, with --train_dir, on real batches from the pretraining DataLoader: "data included", the transfer to the
+device and, with --photometry_on_device, `finish_batch` counted in the step). Each measurement runs in a fresh
+process, so peak memory is its own: CUDA `max_memory_allocated`, CPU peak resident set size. Options measure the
+fast paths: --compile [MODE], --activation_checkpointing {full,selective}.
 
 Variants:
 - `pera`: PeraForPreTraining as configured (student sees 20 %, teacher 60 % of each crop's patches);
