@@ -13,12 +13,11 @@ measured over --batches batches after one warm-up batch, per worker count; `fini
 import argparse
 import json
 import os
-import statistics
 import time
 from pathlib import Path
 
 import torch
-from reporting import command_line, device_name, markdown_table, publish
+from reporting import command_line, device_name, markdown_table, median_seconds, publish
 
 
 MODES = ("in_loader", "on_device")
@@ -58,24 +57,17 @@ def loader_figures(arguments, mode: str, num_workers: int) -> dict:
         if views.defer_photometry:
             deferred_batches.append(batch)
     del batches, loader  # shuts the workers down before finish_batch is timed
-    finish_seconds = []
-    for batch in deferred_batches:
-        batch = {name: tensor.to(device) for name, tensor in batch.items()}
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
-        views.finish_batch(batch)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        finish_seconds.append(time.perf_counter() - started)
+    finish_images_per_second = None
+    if views.defer_photometry:
+        device_batches = iter([{name: tensor.to(device) for name, tensor in batch.items()} for batch in deferred_batches])
+        seconds, _ = median_seconds(lambda: views.finish_batch(next(device_batches)), device, len(deferred_batches))
+        finish_images_per_second = round(arguments.batch_size / seconds, 1)
     return {
         "mode": mode,
         "num_workers": num_workers,
         "loader_images_per_second": round(arguments.batches * arguments.batch_size / loader_seconds, 1),
         "bytes_per_image": batch_bytes // arguments.batch_size,
-        "finish_images_per_second": (
-            round(arguments.batch_size / statistics.median(finish_seconds), 1) if finish_seconds else None
-        ),
+        "finish_images_per_second": finish_images_per_second,
     }
 
 

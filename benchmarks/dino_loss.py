@@ -11,24 +11,15 @@ inputs; CPU: peak resident set size above the inputs).
 
 import argparse
 import json
-import resource
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
-from reporting import command_line, device_name, markdown_table, publish
+from reporting import command_line, device_name, markdown_table, median_seconds, peak_memory_bytes, publish
 
 
 IMPLEMENTATIONS = ("plain", "chunked")
-
-
-def peak_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def measure(arguments) -> dict:
@@ -51,23 +42,19 @@ def measure(arguments) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    before = peak_bytes(device)
-    times = []
-    for repeat in range(arguments.warmup + arguments.repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
+    before = peak_memory_bytes(device)
+
+    def forward_and_backward() -> torch.Tensor:
         loss = loss_of(logits)
         loss.backward()
         logits.grad = None
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if repeat >= arguments.warmup:
-            times.append(time.perf_counter() - started)
+        return loss
+
+    seconds, loss = median_seconds(forward_and_backward, device, arguments.repeats, arguments.warmup)
     return {
         "implementation": arguments.implementation,
-        "time_ms": round(1000 * statistics.median(times), 2),
-        "peak_above_inputs_mib": round((peak_bytes(device) - before) / 2**20, 1),
+        "time_ms": round(1000 * seconds, 2),
+        "peak_above_inputs_mib": round((peak_memory_bytes(device) - before) / 2**20, 1),
         "loss": round(float(loss.detach()), 5),
     }
 

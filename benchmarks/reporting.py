@@ -1,13 +1,41 @@
-"""What the benchmark scripts share: how a run is named (command line, device) and how its figures are published
-(JSON, the printed table, the table's block in docs/benchmarks.md)."""
+"""What the benchmark scripts share: how they time and measure (median wall-clock time with the device's queue
+drained, peak memory), how a run is named (command line, device) and how its figures are published (JSON, the
+printed table, the table's block in docs/benchmarks.md)."""
 
 import json
 import re
+import resource
+import statistics
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
+
+
+def median_seconds(run: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 0) -> tuple[float, Any]:
+    """The median wall-clock seconds of `run()` over `repeats` calls after `warmup` untimed ones, each call timed
+    from an empty device queue to an empty one; and the last call's result."""
+    times = []
+    for call in range(warmup + repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        result = run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if call >= warmup:
+            times.append(time.perf_counter() - started)
+    return statistics.median(times), result
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """This process's peak memory so far: CUDA `max_memory_allocated`, or the CPU peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
 
 
 def command_line() -> str:

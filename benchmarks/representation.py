@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-from reporting import command_line, publish
+from reporting import command_line, device_name, publish
 
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -225,7 +225,7 @@ def main():
         if getattr(arguments, name) is not None:
             setting[name] = getattr(arguments, name)
     from modeling_pera import PeraConfig
-    from modeling_pera.training import parse_config_overrides
+    from modeling_pera.training import parse_config_overrides, snapshot_directory
 
     setting["image_size"] = PeraConfig.from_preset(
         setting["model_size"], **parse_config_overrides(setting["config_overrides"])
@@ -236,7 +236,7 @@ def main():
     budget_seconds = 60 * setting["budget_minutes"]
     report = {
         "command": command_line(),
-        "device_name": torch.cuda.get_device_name() if setting["device"] == "cuda" else f"CPU ({torch.get_num_threads()} threads)",
+        "device_name": device_name(torch.device(setting["device"])),
         "setting": setting,
         "num_train_dirs": len(folders),
         "methods": {},
@@ -271,7 +271,7 @@ def main():
         curve = []
         for step in snapshot_steps:
             curve.append({"step": step, "train_seconds": step * seconds_per_step,
-                          **evaluate(str(output_dir / "snapshots" / f"step_{step}"), arguments, setting, final=False)})
+                          **evaluate(str(snapshot_directory(output_dir, step)), arguments, setting, final=False)})
         final = evaluate(str(output_dir / "encoder"), arguments, setting, final=True)
         curve.append({"step": steps, "train_seconds": summary["train_seconds"], "knn_top1": final["knn_top1"]})
         report["methods"][method] = {

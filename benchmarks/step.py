@@ -19,14 +19,11 @@ Variants:
 
 import argparse
 import json
-import resource
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
-from reporting import command_line, device_name, markdown_table, publish
+from reporting import command_line, device_name, markdown_table, median_seconds, peak_memory_bytes, publish
 
 
 VARIANTS = ("pera", "full_view", "mae")
@@ -86,12 +83,6 @@ def data_label(arguments) -> str:
     return "real, photometry on device" if arguments.photometry_on_device else "real"
 
 
-def peak_memory_gib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # peak resident set size, kilobytes on Linux
-
-
 def measure(arguments) -> dict:
     """One (variant, batch size) measurement; runs in its own process."""
     from modeling_pera import PeraConfig
@@ -115,12 +106,9 @@ def measure(arguments) -> dict:
         batches = iter(lambda: fixed, None)
     extra = {} if arguments.variant == "mae" else {"teacher_temperature": torch.tensor(0.04, device=device)}
     forward = torch.compile(model, mode=arguments.compile) if arguments.compile else model
-    memory_before_steps = peak_memory_gib(device)
-    times = []
-    for step in range(arguments.warmup + arguments.steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
+    memory_before_steps = peak_memory_bytes(device) / 2**30
+
+    def training_step() -> torch.Tensor:
         batch = next(batches)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=arguments.bf16):
             loss = forward(**batch, **extra).loss
@@ -130,12 +118,10 @@ def measure(arguments) -> dict:
         optimizer.zero_grad(set_to_none=True)
         if arguments.variant != "mae":
             model.update_teacher(0.996)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if step >= arguments.warmup:
-            times.append(time.perf_counter() - started)
-    step_time = statistics.median(times)
-    peak_gib = peak_memory_gib(device)
+        return loss
+
+    step_time, loss = median_seconds(training_step, device, arguments.steps, arguments.warmup)
+    peak_gib = peak_memory_bytes(device) / 2**30
     return {
         "variant": arguments.variant,
         "batch_size": arguments.batch_size,

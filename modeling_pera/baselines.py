@@ -18,6 +18,7 @@ from .configuration_pera import PeraConfig
 from .data import load_pretraining_dataset, make_pretraining_dataloader, make_pretraining_dataset
 from .image_processing_pera import PeraImageProcessor
 from .schedules import PretrainingSchedule
+from .training import snapshot_directory
 from .views import AlignedPairViews
 
 
@@ -156,7 +157,8 @@ def pretrain_mae(
                 progress.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
             if completed_steps in snapshot_steps or completed_steps == total_steps:
                 train_seconds += time.perf_counter() - started
-                target = output_dir / ("encoder" if completed_steps == total_steps else f"snapshots/step_{completed_steps}")
+                final = completed_steps == total_steps
+                target = output_dir / "encoder" if final else snapshot_directory(output_dir, completed_steps)
                 model.save_pretrained(target)
                 processor.save_pretrained(target)
                 started = time.perf_counter()

@@ -261,6 +261,11 @@ def replace_directory(staging: Path, target: Path) -> None:
         staging.rename(target)
 
 
+def snapshot_directory(output_dir: str | os.PathLike, step: int) -> Path:
+    """Where a run (PerA here, or the MAE baseline) keeps the encoder it had after `step` optimizer steps."""
+    return Path(output_dir) / SNAPSHOTS_DIRNAME / f"step_{step}"
+
+
 def export_encoder(model: PeraForPreTraining, processor: PeraImageProcessor, target: str | os.PathLike) -> None:
     """Writes the teacher as a stand-alone `PeraModel` with the image processor and the Hub code files to `target`,
     through a staging folder so that an interrupted export never leaves a half-written one."""
@@ -422,11 +427,9 @@ def pretrain(arguments: PretrainingArguments) -> dict:
         teacher_temperature_end=arguments.teacher_temperature_end,
         teacher_temperature_warmup_fraction=arguments.teacher_temperature_warmup_fraction,
     )
-    # On the device once: indexing it each step copies nothing from the host, and a tensor (not a float that
+    # One device tensor, refilled each step: `fill_` copies nothing from the host, and a tensor (not a float that
     # changes every step) lets a compiled forward run without recompiling.
-    teacher_temperatures = torch.tensor(
-        [schedule.at(step).teacher_temperature for step in range(total_steps)], device=accelerator.device
-    )
+    teacher_temperature = torch.zeros((), device=accelerator.device)
     forward = torch.compile(model) if arguments.torch_compile else model
     if arguments.with_tracking:
         # TensorBoard's hyper-parameters take scalars and strings only
@@ -482,6 +485,7 @@ def pretrain(arguments: PretrainingArguments) -> dict:
                 batch = views.finish_batch(batch)
             values = schedule.at(completed_steps)
             apply_schedule(optimizer, values)
+            teacher_temperature.fill_(values.teacher_temperature)
             replaced_samples += batch.pop("num_replaced")
             micro_step = completed_steps * arguments.gradient_accumulation_steps + (
                 batches_in_epoch % arguments.gradient_accumulation_steps
@@ -490,7 +494,7 @@ def pretrain(arguments: PretrainingArguments) -> dict:
                 outputs = forward(
                     **batch,
                     **mask_noise(config, batch, arguments.seed, micro_step, accelerator.process_index),
-                    teacher_temperature=teacher_temperatures[completed_steps],
+                    teacher_temperature=teacher_temperature,
                 )
                 accelerator.backward(outputs.loss)
                 if accelerator.sync_gradients:
@@ -542,7 +546,7 @@ def pretrain(arguments: PretrainingArguments) -> dict:
                 accelerator.wait_for_everyone()
                 train_seconds += time.perf_counter() - train_started
             if saving_snapshot and accelerator.is_main_process:
-                export_encoder(pera, processor, output_dir / SNAPSHOTS_DIRNAME / f"step_{completed_steps}")
+                export_encoder(pera, processor, snapshot_directory(output_dir, completed_steps))
             if saving_checkpoint:
                 state = {"completed_steps": completed_steps, "epoch": epoch, "batches_in_epoch": batches_in_epoch}
                 save_checkpoint(accelerator, output_dir, state, arguments.checkpoints_total_limit)
