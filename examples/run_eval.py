@@ -9,7 +9,8 @@ one such as ViT-MAE or DINOv2. Example, on UC Merced and GID-MTL5 beside the rep
     python examples/run_eval.py --model_name_or_path path/to/pera-checkpoint --linear_probe \
         --segmentation_dir ../shared/data/gid_mtl/GID-MTL5 --output_json eval.json
 
-Add `--random_init` for the same architecture with random weights (the random-init baseline).
+Add `--random_init` for the same architecture with random weights (the random-init baseline), and
+`--compare_to other.json` to print this evaluation next to an earlier one (e.g. the random-init baseline's).
 """
 
 import argparse
@@ -21,6 +22,7 @@ from modeling_pera.evaluation import (
     POOLINGS,
     evaluate_encoder,
     evaluate_segmentation,
+    format_comparison,
     format_evaluation_summary,
     format_segmentation_summary,
 )
@@ -64,7 +66,12 @@ def parse_args() -> argparse.Namespace:
         default=list(GID_MTL5_CLASS_NAMES),
         help="The name of each mask value (default: GID-MTL5's).",
     )
+    parser.add_argument(
+        "--compare_to", type=Path, help="An earlier --output_json of this script: print the figures side by side."
+    )
     args = parser.parse_args()
+    if args.compare_to is not None and not args.compare_to.is_file():
+        parser.error(f"--compare_to {args.compare_to}: no such file; run this script with --output_json first.")
     if args.data_dir is None and args.segmentation_dir is None:
         if not DEFAULT_DATA_DIR.is_dir():
             parser.error(f"--data_dir is required: no dataset at the default {DEFAULT_DATA_DIR}.")
@@ -99,6 +106,8 @@ def main() -> None:
     if args.output_json is not None:
         args.output_json.parent.mkdir(parents=True, exist_ok=True)
         args.output_json.write_text(json.dumps(results, indent=2) + "\n")
+    if args.compare_to is not None:
+        print(format_comparison(results, json.loads(args.compare_to.read_text()), str(args.compare_to)))
 
 
 def classify(args: argparse.Namespace) -> dict:

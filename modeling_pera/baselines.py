@@ -107,6 +107,7 @@ def pretrain_mae(
     num_workers: int = 2,
     device: str | torch.device = "cpu",
     snapshot_steps: tuple[int, ...] = (),
+    logging_steps: int = 10,
 ) -> dict:
     """
     Pretrains `model` with MAE's recipe (AdamW betas 0.9/0.95, weight decay 0.05, lr warm-up then cosine, bf16
@@ -115,14 +116,17 @@ def pretrain_mae(
     `output_dir/snapshots/step_N` at each of `snapshot_steps` and to `output_dir/encoder` at the end.
 
     Returns:
-        `dict`: `completed_steps`, `train_seconds` (training time, snapshots excluded) and `loss_history`.
+        `dict`: `completed_steps`, `train_seconds` (training time, snapshots excluded), `loss_history` (every
+        `logging_steps` steps) and `images_per_second` (of the last logging interval).
     """
     output_dir = Path(output_dir)
     device = torch.device(device)
     torch.manual_seed(seed)
     view_config = PeraConfig(**{**pera_config.to_dict(), "num_global_crops": 1, "num_local_crops": 0})
     source = load_pretraining_dataset(train_dir=train_dir)
-    dataset = make_pretraining_dataset(source, AlignedPairViews(view_config, processor), seed=seed)
+    # the data pipeline PerA's loop uses: workers cut the crops, the photometry runs batched on the device
+    views = AlignedPairViews(view_config, processor, defer_photometry=True)
+    dataset = make_pretraining_dataset(source, views, seed=seed)
     dataloader = make_pretraining_dataloader(dataset, batch_size=batch_size, num_workers=num_workers, seed=seed)
     model.to(device).train()
     optimizer = torch.optim.AdamW(
@@ -135,10 +139,12 @@ def pretrain_mae(
     progress = tqdm(total=total_steps, desc="MAE pretraining", unit="step")
     summary: dict = {"loss_history": []}
     completed_steps, epoch, train_seconds, started = 0, 0, 0.0, time.perf_counter()
+    log_started = started
     while completed_steps < total_steps:
         dataloader.set_epoch(epoch)
         for batch in dataloader:
-            pixel_values = batch["teacher_global_pixel_values"][0].to(device, non_blocking=True)
+            batch = {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
+            pixel_values = views.finish_batch(batch)["teacher_global_pixel_values"][0]
             lr = schedule.at(completed_steps).learning_rate
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -149,11 +155,14 @@ def pretrain_mae(
             optimizer.zero_grad(set_to_none=True)
             completed_steps += 1
             progress.update(1)
-            if completed_steps % 10 == 0 or completed_steps == total_steps:
+            if completed_steps % logging_steps == 0 or completed_steps == total_steps:
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     raise FloatingPointError(f"The MAE loss became {value} at step {completed_steps}: lower the lr.")
                 summary["loss_history"].append((completed_steps, value))
+                interval_steps = (completed_steps - 1) % logging_steps + 1
+                summary["images_per_second"] = interval_steps * batch_size / (time.perf_counter() - log_started)
+                log_started = time.perf_counter()
                 progress.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
             if completed_steps in snapshot_steps or completed_steps == total_steps:
                 train_seconds += time.perf_counter() - started

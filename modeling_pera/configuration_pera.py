@@ -16,6 +16,7 @@ PERA_PRESETS: dict[str, dict] = {
 }
 
 POSITION_EMBEDDING_INTERPOLATIONS = ("reference", "size")
+TEACHER_CENTERINGS = ("center", "sinkhorn_knopp")
 
 # Written into every saved config so that each Auto class finds its PerA class in the Hub code files
 # (`register_for_auto_class` records only one Auto class per class).
@@ -120,12 +121,21 @@ class PeraConfig(BackboneConfigMixin, PreTrainedConfig):
             Weight of the KoLeo regulariser.
         pixel_loss_weight (`float`, *optional*, defaults to 0.01):
             Weight of the masked-patch pixel regression.
+        normalize_pixel_targets (`bool`, *optional*, defaults to `False`):
+            Regress each predicted patch's pixels normalised by that patch's own mean and variance (MAE's
+            `norm_pix_loss`) instead of the student view's pixels (the reference).
         student_temperature (`float`, *optional*, defaults to 0.1):
             Softmax temperature of the student.
         teacher_temperature (`float`, *optional*, defaults to 0.05):
             Teacher temperature used when `forward` is not given one (pretraining warms it up from 0.03).
         center_momentum (`float`, *optional*, defaults to 0.9):
             EMA momentum of the DINO centre.
+        teacher_centering (`str`, *optional*, defaults to `"center"`):
+            How the teacher's targets avoid collapse: `"center"` (the reference: subtract the EMA centre, then a
+            softmax) or `"sinkhorn_knopp"` (DINOv2's option: Sinkhorn-Knopp normalisation of the batch's teacher
+            logits, every prototype used equally over the batch of all processes; the centre is then not used).
+        sinkhorn_iterations (`int`, *optional*, defaults to 3):
+            Normalisation rounds of `"sinkhorn_knopp"` centering.
         out_features (`list[str]`, *optional*):
             When the model is used as a backbone ([`PeraBackbone`]), the stages whose feature maps it returns, among
             `"stem"` (the embeddings) and `"stage1"` ... `"stage{num_hidden_layers}"` (the blocks' outputs). Defaults
@@ -174,9 +184,12 @@ class PeraConfig(BackboneConfigMixin, PreTrainedConfig):
     dino_loss_weight: float | int = 1.0
     koleo_loss_weight: float | int = 0.1
     pixel_loss_weight: float | int = 0.01
+    normalize_pixel_targets: bool = False
     student_temperature: float = 0.1
     teacher_temperature: float = 0.05
     center_momentum: float = 0.9
+    teacher_centering: str = "center"
+    sinkhorn_iterations: int = 3
     _out_features: list[str] | None = None
     _out_indices: list[int] | None = None
 
@@ -233,6 +246,12 @@ class PeraConfig(BackboneConfigMixin, PreTrainedConfig):
                 f"mask_token_layer ({self.mask_token_layer}) must be a block index in [0, num_hidden_layers="
                 f"{self.num_hidden_layers})."
             )
+        if self.teacher_centering not in TEACHER_CENTERINGS:
+            raise ValueError(
+                f"teacher_centering must be one of {TEACHER_CENTERINGS}, got {self.teacher_centering!r}."
+            )
+        if self.sinkhorn_iterations < 1:
+            raise ValueError(f"sinkhorn_iterations must be at least 1, got {self.sinkhorn_iterations}.")
         if self.position_embedding_interpolation not in POSITION_EMBEDDING_INTERPOLATIONS:
             raise ValueError(
                 f"position_embedding_interpolation must be one of {POSITION_EMBEDDING_INTERPOLATIONS}, got "

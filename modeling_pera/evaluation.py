@@ -1265,6 +1265,27 @@ def format_evaluation_summary(results: dict[str, Any]) -> str:
     return _format_rows(rows)
 
 
+def format_comparison(results: dict[str, Any], baseline: dict[str, Any], baseline_name: str) -> str:
+    """
+    The figures two evaluations (outputs of `run_eval.py`: kNN, linear probe, segmentation probe) both have, side by
+    side with their difference in points, e.g. a pretrained encoder against the same architecture with random
+    weights.
+    """
+    figures = {
+        "kNN top-1": lambda r: r.get("knn", {}).get("top1_accuracy"),
+        "linear probe top-1": lambda r: r.get("linear_probe", {}).get("top1_accuracy"),
+        "segmentation mIoU": lambda r: r.get("segmentation_probe", {}).get("mean_iou"),
+    }
+    rows = []
+    for name, figure in figures.items():
+        ours, theirs = figure(results), figure(baseline)
+        if ours is not None and theirs is not None:
+            rows.append((name, f"{100 * ours:.2f} % against {100 * theirs:.2f} % ({100 * (ours - theirs):+.2f} points)"))
+    if not rows:
+        raise ValueError(f"The evaluation and {baseline_name} share no figure to compare (kNN, linear or segmentation).")
+    return _format_rows([("this encoder against", baseline_name), *rows])
+
+
 def format_segmentation_summary(results: dict[str, Any]) -> str:
     """A short plain-text table of the results of [`evaluate_segmentation`]."""
     input_height, input_width = results["input_size"][-2:]
@@ -1304,6 +1325,7 @@ __all__ = [
     "evaluate_encoder",
     "evaluate_segmentation",
     "extract_features",
+    "format_comparison",
     "format_evaluation_summary",
     "format_segmentation_summary",
     "knn_classify",

@@ -547,6 +547,40 @@ def soft_target_cross_entropy(
     return _SoftTargetCrossEntropy.apply(logits, target_probs.detach(), temperature, chunk_rows)
 
 
+@torch.no_grad()
+def sinkhorn_knopp(scaled_logits: torch.Tensor, iterations: int) -> torch.Tensor:
+    """
+    Teacher targets by Sinkhorn-Knopp normalisation (DINOv2's alternative to the centre): starting from
+    `exp(scaled_logits)`, alternately rescales every prototype to carry an equal share of the batch's mass (over the
+    rows of all processes) and every row to sum to one, `iterations` times.
+
+    Args:
+        scaled_logits (`torch.Tensor` of shape `(rows, prototypes)`):
+            The teacher's logits divided by the teacher temperature, float32.
+
+    Returns:
+        `torch.Tensor` of the same shape: one target distribution per row.
+    """
+    distributed = dist.is_available() and dist.is_initialized()
+    largest = scaled_logits.max()  # a constant factor of exp(): cancels in the first normalisation, avoids overflow
+    if distributed:
+        dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+    targets = torch.exp(scaled_logits - largest)
+    num_rows = targets.shape[0] * (dist.get_world_size() if distributed else 1)
+    total = targets.sum()
+    if distributed:
+        dist.all_reduce(total)
+    targets /= total
+    tiny = torch.finfo(targets.dtype).tiny
+    for _ in range(iterations):
+        per_prototype = targets.sum(dim=0, keepdim=True)
+        if distributed:
+            dist.all_reduce(per_prototype)
+        targets /= per_prototype.clamp_min(tiny) * targets.shape[1]
+        targets /= targets.sum(dim=1, keepdim=True).clamp_min(tiny) * num_rows
+    return targets * num_rows
+
+
 def koleo_loss(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """
     KoLeo regulariser `-mean(log(distance to nearest neighbour))` of L2-normalised `features` `(groups, batch, dim)`,
@@ -674,8 +708,8 @@ class PeraForPreTraining(PeraPreTrainedModel):
             Sharpening temperature of the teacher targets (scheduled in pretraining); `config.teacher_temperature` when
             not given.
 
-        In training mode, the call also moves the DINO centre with this step's teacher outputs (the targets of this
-        step use the centre of the previous steps).
+        In training mode (with the reference's `teacher_centering="center"`), the call also moves the DINO centre with
+        this step's teacher outputs (the targets of this step use the centre of the previous steps).
         """
         if student_global_pixel_values.ndim != 5 or student_global_pixel_values.shape != teacher_global_pixel_values.shape:
             raise ValueError(
@@ -713,14 +747,18 @@ class PeraForPreTraining(PeraPreTrainedModel):
                 for _, teacher_view, _, teacher_index in crops
             ]
             teacher_logits = self.teacher_dino_head(torch.cat(teacher_cls))
-            # float32 from here (the centre is float32), in place where possible: the logits are large
-            scaled_teacher_logits = (teacher_logits - self.center).div_(teacher_temperature)
-            teacher_probs = torch.softmax(scaled_teacher_logits, dim=-1)
-            teacher_entropy = (
-                torch.logsumexp(scaled_teacher_logits, dim=-1)
-                - torch.einsum("rk,rk->r", teacher_probs, scaled_teacher_logits)
-            ).mean()
-            del scaled_teacher_logits
+            if self.config.teacher_centering == "sinkhorn_knopp":
+                teacher_probs = sinkhorn_knopp(teacher_logits.float() / teacher_temperature, self.config.sinkhorn_iterations)
+                teacher_entropy = torch.special.entr(teacher_probs).sum(dim=-1).mean()
+            else:
+                # float32 from here (the centre is float32), in place where possible: the logits are large
+                scaled_teacher_logits = (teacher_logits - self.center).div_(teacher_temperature)
+                teacher_probs = torch.softmax(scaled_teacher_logits, dim=-1)
+                teacher_entropy = (
+                    torch.logsumexp(scaled_teacher_logits, dim=-1)
+                    - torch.einsum("rk,rk->r", teacher_probs, scaled_teacher_logits)
+                ).mean()
+                del scaled_teacher_logits
             center_norm = torch.linalg.vector_norm(self.center)
 
         # Student: CLS + S, and for global crops the mask tokens of R joining before `mask_token_layer`; they come
@@ -754,6 +792,10 @@ class PeraForPreTraining(PeraPreTrainedModel):
                 patchify(student_global_pixel_values.flatten(0, 1), self.config.patch_size),
                 global_predicted_index.flatten(0, 1),
             )
+            if self.config.normalize_pixel_targets:
+                mean = target_pixels.mean(dim=-1, keepdim=True)
+                variance = target_pixels.var(dim=-1, keepdim=True)
+                target_pixels = (target_pixels - mean) / (variance + 1e-6).sqrt()
             pixel_loss = (predicted_pixels.float() - target_pixels.float()).pow(2).sum(dim=-1).mean()
         else:  # the full-view baseline predicts nothing
             pixel_loss = predicted_pixels.sum() * 0.0
@@ -763,7 +805,7 @@ class PeraForPreTraining(PeraPreTrainedModel):
             + self.config.koleo_loss_weight * koleo
             + self.config.pixel_loss_weight * pixel_loss
         )
-        if self.training:
+        if self.training and self.config.teacher_centering == "center":
             self._update_center(teacher_logits)
 
         return PeraForPreTrainingOutput(

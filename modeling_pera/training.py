@@ -53,13 +53,20 @@ KEPT_BY_SELECTIVE_CHECKPOINTING = {
 
 # Hyper-parameter sets. "reference" is method.md's recipe, made for 200 epochs over millions of images. Measured on
 # short CPU runs (docs/training.md), it does not beat a random-init encoder: its 131072 (or thousands of) prototypes
-# keep the teacher's targets near-uniform for hundreds of steps. "short-budget" learns within a few hundred steps:
-# fewer prototypes, lighter drop path, an lr for small batches and a faster-moving teacher.
+# keep the teacher's targets near-uniform for hundreds of steps. "short-budget" is for runs of a few hundred steps,
+# each change measured by benchmarks/sweep.py (docs/training.md): fewer prototypes, lighter drop path, an lr for small
+# batches, a faster-moving teacher, and narrower heads and fewer local crops (1.65x the steps in the same time).
 RECIPES: dict[str, dict[str, dict]] = {
     "reference": {"config": {}, "arguments": {"learning_rate": 1e-3, "momentum_start": 0.992}},
     "short-budget": {
-        "config": {"num_prototypes": 1024, "drop_path_rate": 0.1},
-        "arguments": {"learning_rate": 2e-4, "momentum_start": 0.99},
+        "config": {
+            "num_prototypes": 1024,
+            "drop_path_rate": 0.1,
+            "head_hidden_size": 512,
+            "head_bottleneck_size": 256,
+            "num_local_crops": 4,
+        },
+        "arguments": {"learning_rate": 2e-4, "momentum_start": 0.95},
     },
 }
 
@@ -124,11 +131,11 @@ class PretrainingArguments:
     logging_steps: int = field(default=10, metadata={"help": "Log and update the progress bar every N steps."})
     seed: int = field(default=42, metadata={"help": "Seed of weights, data order, views and masks."})
     dataloader_num_workers: int = field(default=2, metadata={"help": "DataLoader worker processes."})
-    photometry_on_device: bool | None = field(
-        default=None,
+    photometry_on_device: bool = field(
+        default=True,
         metadata={
             "help": "Workers only cut the crops (8-bit images stay 8-bit); colour jitter, grayscale and normalisation "
-            "run batched on the training device. Same views; default: on for GPUs, off on the CPU."
+            "run batched on the training device. Same views; faster on GPUs and on the CPU (docs/benchmarks.md)."
         },
     )
     activation_checkpointing: str | None = field(
@@ -370,10 +377,7 @@ def pretrain(arguments: PretrainingArguments) -> dict:
         image_column_name=arguments.image_column_name,
         streaming=arguments.streaming,
     )
-    photometry_on_device = arguments.photometry_on_device
-    if photometry_on_device is None:
-        photometry_on_device = accelerator.device.type != "cpu"
-    views = AlignedPairViews(config, processor, defer_photometry=photometry_on_device)
+    views = AlignedPairViews(config, processor, defer_photometry=arguments.photometry_on_device)
     dataset = make_pretraining_dataset(
         source,
         views,

@@ -102,3 +102,56 @@ def test_dino_loss_benchmark_compares_both_implementations(tmp_path):
     plain, chunked = json.loads((tmp_path / "loss.json").read_text())["results"]
     assert (plain["implementation"], chunked["implementation"]) == ("plain", "chunked")
     assert abs(plain["loss"] - chunked["loss"]) < 1e-3  # the same loss, whatever the speed and memory
+
+
+def test_sweep_trains_every_configuration_for_the_budget_and_reports_mean_and_spread(tmp_path):
+    data_dir = write_labelled_images(tmp_path / "data")
+    grid = tmp_path / "tiny_grid.json"
+    grid.write_text(json.dumps({
+        "setting": "cpu", "budget_minutes": 0.005, "config_overrides": tiny_config_overrides(num_local_crops=2),
+        "configs": {"recipe": {}, "lr 1e-3": {"learning_rate": 1e-3, "config_overrides": "num_local_crops=1"}},
+    }))
+    markdown = tmp_path / "docs" / "benchmarks.md"
+    markdown.parent.mkdir()
+    markdown.write_text("# Benchmarks\n\nkept text\n")
+    command = [
+        sys.executable, str(REPO_ROOT / "benchmarks" / "sweep.py"), str(grid), "--seeds", "0", "1", "--data_dir",
+        str(data_dir), "--batch_size", "4", "--calibration_steps", "2", "--output_dir", str(tmp_path / "runs"),
+        "--output_json", str(tmp_path / "sweep.json"), "--markdown", str(markdown),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "sweep.json").read_text())
+    runs = [(run["config"], run["seed"]) for run in report["runs"]]
+    assert runs == [("recipe", 0), ("lr 1e-3", 0), ("recipe", 1), ("lr 1e-3", 1), ("random init", None)]
+    for run in report["runs"][:-1]:
+        assert run["steps"] >= 1 and run["train_seconds"] > 0
+        assert 0.0 <= run["final"]["knn_top1"] <= 1.0 and 0.0 <= run["final"]["linear_probe_top1"] <= 1.0
+    # the configuration's own settings reached the run
+    config = json.loads((tmp_path / "runs" / "seed0" / "01" / "config.json").read_text())
+    assert config["num_local_crops"] == 1
+    text = markdown.read_text()
+    assert "kept text" in text and "<!-- BEGIN sweep-tiny_grid -->" in text
+    assert "| lr 1e-3 | learning_rate=0.001, config_overrides=num_local_crops=1 |" in text and " ± " in text
+    assert (tmp_path / "docs" / "figures" / "sweep_tiny_grid.png").stat().st_size > 0
+
+
+def test_sweep_speed_only_reports_images_per_second_of_each_configuration(tmp_path):
+    data_dir = write_labelled_images(tmp_path / "data")
+    grid = tmp_path / "speed.json"
+    grid.write_text(json.dumps({
+        "setting": "cpu", "config_overrides": tiny_config_overrides(num_local_crops=2),
+        "configs": {"in the workers": {"photometry_on_device": False}, "on the device": {}},
+    }))
+    command = [
+        sys.executable, str(REPO_ROOT / "benchmarks" / "sweep.py"), str(grid), "--speed_only", "--data_dir",
+        str(data_dir), "--batch_size", "4", "--calibration_steps", "4", "--output_dir", str(tmp_path / "runs"),
+        "--output_json", str(tmp_path / "speed.json"),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "speed.json").read_text())
+    assert [run["config"] for run in report["runs"]] == ["in the workers", "on the device"]
+    assert all(run["images_per_second"] > 0 for run in report["runs"])
+    assert "| in the workers | photometry_on_device=False |" in result.stdout and "| 1.00x |" in result.stdout
+    assert all("final" not in run for run in report["runs"])  # no evaluation, only speed

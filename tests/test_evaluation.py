@@ -26,6 +26,7 @@ from modeling_pera.evaluation import (
     classification_report,
     evaluate_encoder,
     extract_features,
+    format_comparison,
     knn_classify,
     linear_probe,
     load_encoder,
@@ -383,3 +384,13 @@ def test_run_eval_script(tiny_pera, synthetic_folder, tmp_path, monkeypatch, cap
     assert "kNN k=3" in printed and "linear probe" in printed and "(random init)" in printed
     results = json.loads(output_json.read_text())
     assert results["random_init"] and results["num_test"] == 6
+
+
+def test_format_comparison_puts_the_shared_figures_side_by_side_with_their_difference():
+    pretrained = {"knn": {"top1_accuracy": 0.45}, "linear_probe": {"top1_accuracy": 0.6}}
+    random_init = {"knn": {"top1_accuracy": 0.354}, "segmentation_probe": {"mean_iou": 0.4}}
+    text = format_comparison(pretrained, random_init, "random init")
+    assert "45.00 % against 35.40 % (+9.60 points)" in text and "random init" in text
+    assert "linear probe" not in text and "segmentation" not in text  # only what both have
+    with pytest.raises(ValueError, match="share no figure"):
+        format_comparison({"linear_probe": {"top1_accuracy": 0.5}}, random_init, "random init")

@@ -56,6 +56,19 @@ def test_sdpa_and_eager_attention_give_the_same_losses_and_gradients():
     assert_same_step(loss_and_gradients(eager, inputs), loss_and_gradients(sdpa, inputs), atol=1e-5)
 
 
+def test_bf16_autocast_gives_the_float32_losses_within_bf16_rounding():
+    # What `--mixed_precision bf16` changes: matrix products and attention in bf16; the DINO targets, the centre, the
+    # softmaxes and the losses stay float32. The losses agree to bf16's precision (8 bits of mantissa).
+    float32, bf16 = twin_models(drop_path_rate=0.1)
+    inputs = crops(float32.config)
+    expected, _ = loss_and_gradients(float32, inputs)
+    got, gradients = loss_and_gradients(bf16, inputs, bf16=True)
+    for name in expected:
+        torch.testing.assert_close(got[name].float(), expected[name], rtol=2e-2, atol=1e-3, msg=name)
+        assert got[name].dtype == torch.float32, name
+    assert all(gradient.dtype == torch.float32 and torch.isfinite(gradient).all() for gradient in gradients.values())
+
+
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
 @pytest.mark.parametrize("mode", ["full", "selective"])
 def test_activation_checkpointing_gives_the_same_losses_and_gradients(mode, bf16):

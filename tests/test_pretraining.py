@@ -153,14 +153,18 @@ def test_recipes_fill_only_what_the_user_left_unset():
     reference = PretrainingArguments(output_dir="out")
     assert (reference.learning_rate, reference.momentum_start, reference.model_config_overrides()) == (1e-3, 0.992, {})
     short = PretrainingArguments(output_dir="out", recipe="short-budget")
-    assert (short.learning_rate, short.momentum_start) == (2e-4, 0.99)
-    assert short.model_config_overrides() == {"num_prototypes": 1024, "drop_path_rate": 0.1}
+    assert (short.learning_rate, short.momentum_start) == (2e-4, 0.95)
+    assert short.model_config_overrides() == {
+        "num_prototypes": 1024, "drop_path_rate": 0.1, "head_hidden_size": 512, "head_bottleneck_size": 256,
+        "num_local_crops": 4,
+    }
     # an explicit flag wins, even one equal to the reference value
     explicit = PretrainingArguments(
         output_dir="out", recipe="short-budget", learning_rate=1e-3, config_overrides="num_prototypes=64"
     )
     assert explicit.learning_rate == 1e-3
-    assert explicit.model_config_overrides() == {"num_prototypes": 64, "drop_path_rate": 0.1}
+    assert explicit.model_config_overrides()["num_prototypes"] == 64
+    assert explicit.model_config_overrides()["num_local_crops"] == 4
     with pytest.raises(ValueError, match="Unknown --recipe 'fast'"):
         PretrainingArguments(output_dir="out", recipe="fast")
 
@@ -237,10 +241,10 @@ def test_two_process_run_keeps_ranks_in_step(tmp_path):
 
 
 def test_photometry_on_device_trains_on_the_same_views(tmp_path):
-    # Deferred photometry (the default on GPUs) draws the same views; only the 8-bit rounding of the crops differs.
+    # Deferred photometry (the default) draws the same views; only the 8-bit rounding of the crops differs.
     images = write_rgb_images(tmp_path / "images")
-    in_loader = pretrain(tiny_arguments(images, tmp_path / "in_loader", max_train_steps=3))
-    on_device = pretrain(tiny_arguments(images, tmp_path / "on_device", max_train_steps=3, photometry_on_device=True))
+    in_loader = pretrain(tiny_arguments(images, tmp_path / "in_loader", max_train_steps=3, photometry_on_device=False))
+    on_device = pretrain(tiny_arguments(images, tmp_path / "on_device", max_train_steps=3))
     np.testing.assert_allclose(on_device["loss_history"], in_loader["loss_history"], rtol=2e-3)
     assert in_loader["loss_history"] != on_device["loss_history"]  # the deferred path really ran
 

@@ -1,0 +1,194 @@
+"""What the quality benchmarks share (representation.py, sweep.py): the settings, pretraining one configuration for
+a wall-clock budget in a fresh process, and evaluating its encoders with the fixed protocols (UC Merced 20-NN and
+linear probe, GID-MTL5 segmentation probe).
+
+A budget is turned into steps from the configuration's steady-state step time: a short calibration run reports the
+images/s of its second half (after start-up, worker spawn and the first steps), and the real run gets as many steps
+as fit, with its schedules laid out over them. Every run reports its own training time, so a
+benchmark can show how close each came to the budget.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_DIR = REPOSITORY.parent / "shared" / "data"
+SETTINGS = {
+    "cpu": {
+        "device": "cpu",
+        "model_size": "vit-tiny",
+        "config_overrides": "image_size=64,patch_size=8,local_crop_size=32",
+        "batch_size": 32,
+        "budget_minutes": 14.0,
+        "num_workers": 2,
+    },
+    "cuda": {
+        "device": "cuda",
+        "model_size": "vit-small",
+        "config_overrides": "image_size=224,patch_size=16,local_crop_size=96",
+        "batch_size": 64,
+        "budget_minutes": 3.0,
+        "num_workers": 8,
+    },
+}
+
+
+def train_dirs(data_dir: Path) -> list[str]:
+    """UC Merced and the GID-MTL image folders beside it (the labels are never read)."""
+    folders = [data_dir / "ucmerced", *sorted(data_dir.glob("gid_mtl/GID-MTL*/image"))]
+    if not folders[0].is_dir():
+        raise SystemExit(f"No UC Merced images at {folders[0]}: pass --data_dir <folder holding ucmerced/>.")
+    return [str(folder) for folder in folders if folder.is_dir()]
+
+
+def merged_overrides(*overrides: str | None) -> str:
+    return ",".join(part for part in overrides if part)
+
+
+def train_one(job: dict) -> dict:
+    """
+    Pretrains one configuration for `job["steps"]` steps (in its own process); returns its training summary.
+
+    `job["method"]` is `pera`, `full_view` or `mae`; for PerA, `job["flags"]` holds `PretrainingArguments` fields that
+    replace the job's (the recipe, short-budget by default; the number of DataLoader workers; ...), except that its
+    `config_overrides` are added to the setting's.
+    """
+    from modeling_pera import PeraConfig
+    from modeling_pera.training import PretrainingArguments, parse_config_overrides, pretrain
+
+    flags = dict(job.get("flags") or {})
+    overrides = merged_overrides(job["config_overrides"], flags.pop("config_overrides", None))
+    logging_steps = job.get("logging_steps") or max(1, job["steps"] // 10)
+    if job["method"] == "mae":
+        from modeling_pera.baselines import build_mae, mae_config_from_pera, pretrain_mae
+        from modeling_pera.training import build_processor
+
+        arguments = PretrainingArguments(output_dir=job["output_dir"], model_size=job["model_size"])
+        pera_config = PeraConfig.from_preset(job["model_size"], **parse_config_overrides(overrides))
+        return pretrain_mae(
+            build_mae(mae_config_from_pera(pera_config)),
+            pera_config,
+            build_processor(arguments, pera_config),
+            train_dir=job["train_dir"],
+            output_dir=job["output_dir"],
+            total_steps=job["steps"],
+            batch_size=job["batch_size"],
+            seed=job["seed"],
+            num_workers=job["num_workers"],
+            device=job["device"],
+            snapshot_steps=tuple(job["snapshot_steps"]),
+            logging_steps=logging_steps,
+        )
+    # What `accelerate launch` would be told: bf16 autocast on the GPU (as the MAE loop uses), else the CPU only.
+    if job["device"] == "cuda":
+        os.environ.setdefault("ACCELERATE_MIXED_PRECISION", "bf16")
+    else:
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+    arguments = {
+        "output_dir": job["output_dir"],
+        "train_dir": job["train_dir"],
+        "model_size": job["model_size"],
+        "recipe": "short-budget",
+        "per_device_train_batch_size": job["batch_size"],
+        "max_train_steps": job["steps"],
+        "logging_steps": logging_steps,
+        "seed": job["seed"],
+        "dataloader_num_workers": job["num_workers"],
+        "snapshot_steps": job["snapshot_steps"],
+    }
+    config_overrides = merged_overrides(overrides, "full_views=True" if job["method"] == "full_view" else None)
+    arguments = PretrainingArguments(**{**arguments, **flags, "config_overrides": config_overrides})
+    return pretrain(arguments)
+
+
+def run_job(job: dict) -> dict:
+    """Runs `train_one(job)` in a fresh process (its own Accelerate state and memory) and returns the summary."""
+    output = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(job)], check=True, stdout=subprocess.PIPE, text=True
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def train_for_budget(job: dict, budget_seconds: float, calibration_steps: int, num_snapshots: int) -> dict:
+    """
+    Calibrates `job`'s steady-state step time on the second half of a run of `calibration_steps` steps, then trains
+    for as many steps as fit `budget_seconds` (at least `num_snapshots`), saving the encoder at `num_snapshots - 1`
+    evenly spaced steps. Returns the run's summary with `steps`, `snapshot_steps` and the calibrated
+    `seconds_per_step`.
+    """
+    calibration = run_job({
+        **job, "steps": calibration_steps, "snapshot_steps": [], "logging_steps": calibration_steps // 2,
+        "output_dir": str(Path(job["output_dir"]).with_name(Path(job["output_dir"]).name + "_calibration")),
+    })
+    seconds_per_step = job["batch_size"] / calibration["images_per_second"]
+    steps = max(num_snapshots, math.floor(budget_seconds / seconds_per_step))
+    snapshot_steps = [round(steps * index / num_snapshots) for index in range(1, num_snapshots)]
+    print(f"{job['output_dir']}: {seconds_per_step:.2f} s/step -> {steps} steps", flush=True)
+    summary = run_job({**job, "steps": steps, "snapshot_steps": snapshot_steps})
+    return {**summary, "steps": steps, "snapshot_steps": snapshot_steps, "seconds_per_step": seconds_per_step}
+
+
+def evaluate(
+    encoder_dir: str | Path,
+    data_dir: Path,
+    setting: dict,
+    final: bool,
+    segmentation: bool = False,
+    random_init: bool = False,
+) -> dict:
+    """UC Merced 20-NN (CLS, stratified 50/50 split); for `final` encoders also the linear probe and, with
+    `segmentation`, the GID-MTL5 segmentation probe. Accuracies and mIoU as fractions."""
+    from modeling_pera.evaluation import evaluate_encoder, evaluate_segmentation
+
+    classification = evaluate_encoder(
+        str(encoder_dir),
+        data_dir / "ucmerced",
+        k=20,
+        train_fraction=0.5,
+        seed=0,
+        image_size=setting["image_size"],
+        pooling="cls",
+        run_linear_probe=final,
+        random_init=random_init,
+        device=setting["device"],
+        num_workers=setting["num_workers"],
+        progress_bar=False,
+    )
+    result = {"knn_top1": classification["knn"]["top1_accuracy"]}
+    if final:
+        result["linear_probe_top1"] = classification["linear_probe"]["top1_accuracy"]
+    segmentation_dir = data_dir / "gid_mtl" / "GID-MTL5"
+    if final and segmentation and segmentation_dir.is_dir():
+        result["segmentation_miou"] = evaluate_segmentation(
+            str(encoder_dir),
+            segmentation_dir,
+            image_size=setting["image_size"],
+            random_init=random_init,
+            device=setting["device"],
+            seed=0,
+            progress_bar=False,
+        )["mean_iou"]
+    return result
+
+
+def resolve_setting(name: str, **overrides) -> dict:
+    """The named setting with the given (non-None) overrides and the model's `image_size`."""
+    from modeling_pera import PeraConfig
+    from modeling_pera.training import parse_config_overrides
+
+    setting = {**SETTINGS[name], **{key: value for key, value in overrides.items() if value is not None}}
+    setting["image_size"] = PeraConfig.from_preset(
+        setting["model_size"], **parse_config_overrides(setting["config_overrides"])
+    ).image_size
+    return setting
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "--worker":
+        raise SystemExit("budgeted.py is a module of the benchmarks; run representation.py or sweep.py.")
+    print(json.dumps(train_one(json.loads(sys.argv[2]))))
