@@ -62,6 +62,15 @@ def publish(report: dict, text: str, output_json: str | Path | None, markdown: s
         write_section(Path(markdown), section, text)
 
 
+def save_figure(figure, path: Path) -> None:
+    """Writes a matplotlib `figure` to `path` (its folder made if needed) and frees it."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def write_section(markdown_path: Path, section: str, table: str) -> None:
     """Replaces (or appends) the block between `<!-- BEGIN {section} -->` and `<!-- END {section} -->`."""
     text = markdown_path.read_text() if markdown_path.exists() else "# Benchmarks\n"

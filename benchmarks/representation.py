@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 from budgeted import DEFAULT_DATA_DIR, REPOSITORY, SETTINGS, evaluate, resolve_setting, train_dirs, train_for_budget
-from reporting import command_line, device_name, publish
+from reporting import command_line, device_name, publish, save_figure
 
 from modeling_pera.training import snapshot_directory
 
@@ -77,9 +77,7 @@ def plot(report: dict, path: Path) -> None:
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def main():
@@ -99,6 +97,10 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_dir", type=Path, default=REPOSITORY / "outputs" / "representation")
     parser.add_argument("--markdown", type=Path, help="Write the table into this file (e.g. docs/benchmarks.md).")
+    parser.add_argument(
+        "--output_json", type=Path, help="Default: <output_dir>/representation.json; for the docs, "
+        "benchmarks/results/representation_<setting>_seed<N>.json."
+    )
     arguments = parser.parse_args()
 
     setting = resolve_setting(
@@ -158,10 +160,8 @@ def main():
     figure = figures_dir / f"representation_{arguments.setting}.png"
     report["plot"] = str(figure.relative_to(arguments.markdown.parent)) if arguments.markdown else str(figure)
     plot(report, figure)
-    publish(
-        report, markdown_table(report), arguments.output_dir / "representation.json", arguments.markdown,
-        f"representation-{arguments.setting}",
-    )
+    output_json = arguments.output_json or arguments.output_dir / "representation.json"
+    publish(report, markdown_table(report), output_json, arguments.markdown, f"representation-{arguments.setting}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 from budgeted import DEFAULT_DATA_DIR, REPOSITORY, evaluate, resolve_setting, run_job, train_dirs, train_for_budget
-from reporting import command_line, device_name, markdown_table, publish
+from reporting import command_line, device_name, markdown_table, publish, save_figure
 
 
 METRICS = {"knn_top1": "UC Merced 20-NN", "linear_probe_top1": "linear probe", "segmentation_miou": "GID-MTL5 mIoU"}
@@ -116,9 +116,7 @@ def plot(report: dict, path: Path) -> None:
         axis.grid(alpha=0.3)
     figure.suptitle(f"{report['grid']}: {report['setting']['budget_minutes']} min per run, {report['device_name']}")
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def main():
