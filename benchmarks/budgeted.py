@@ -114,6 +114,13 @@ def run_job(job: dict) -> dict:
     return json.loads(output.strip().splitlines()[-1])
 
 
+def steady_images_per_second(job: dict, steps: int) -> float:
+    """Trains `job` for `steps` steps and returns the images/s of their second half (after start-up, worker spawn
+    and the first steps)."""
+    summary = run_job({**job, "steps": steps, "snapshot_steps": [], "logging_steps": steps // 2})
+    return summary["images_per_second"]
+
+
 def train_for_budget(job: dict, budget_seconds: float, calibration_steps: int, num_snapshots: int) -> dict:
     """
     Calibrates `job`'s steady-state step time on the second half of a run of `calibration_steps` steps, then trains
@@ -121,11 +128,9 @@ def train_for_budget(job: dict, budget_seconds: float, calibration_steps: int, n
     evenly spaced steps. Returns the run's summary with `steps`, `snapshot_steps` and the calibrated
     `seconds_per_step`.
     """
-    calibration = run_job({
-        **job, "steps": calibration_steps, "snapshot_steps": [], "logging_steps": calibration_steps // 2,
-        "output_dir": str(Path(job["output_dir"]).with_name(Path(job["output_dir"]).name + "_calibration")),
-    })
-    seconds_per_step = job["batch_size"] / calibration["images_per_second"]
+    calibration_dir = Path(job["output_dir"]).with_name(Path(job["output_dir"]).name + "_calibration")
+    calibration = {**job, "output_dir": str(calibration_dir)}
+    seconds_per_step = job["batch_size"] / steady_images_per_second(calibration, calibration_steps)
     steps = max(num_snapshots, math.floor(budget_seconds / seconds_per_step))
     snapshot_steps = [round(steps * index / num_snapshots) for index in range(1, num_snapshots)]
     print(f"{job['output_dir']}: {seconds_per_step:.2f} s/step -> {steps} steps", flush=True)

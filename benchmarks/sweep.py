@@ -27,7 +27,9 @@ import time
 from pathlib import Path
 
 import torch
-from budgeted import DEFAULT_DATA_DIR, REPOSITORY, evaluate, resolve_setting, run_job, train_dirs, train_for_budget
+from budgeted import (
+    DEFAULT_DATA_DIR, REPOSITORY, evaluate, resolve_setting, steady_images_per_second, train_dirs, train_for_budget,
+)
 from reporting import command_line, device_name, markdown_table, publish, save_figure
 
 
@@ -170,11 +172,8 @@ def main():
                 "output_dir": str(run_dir),
             }
             if arguments.speed_only:
-                summary = run_job({
-                    **job, "steps": arguments.calibration_steps, "snapshot_steps": [],
-                    "logging_steps": arguments.calibration_steps // 2,
-                })
-                report["runs"].append({"config": config_name, "seed": seed, "images_per_second": summary["images_per_second"]})
+                images_per_second = steady_images_per_second(job, arguments.calibration_steps)
+                report["runs"].append({"config": config_name, "seed": seed, "images_per_second": images_per_second})
             else:
                 run = train_for_budget(job, 60 * setting["budget_minutes"], arguments.calibration_steps, num_snapshots=1)
                 final = evaluate(run_dir / "encoder", arguments.data_dir, setting, final=True, segmentation=arguments.segmentation)
