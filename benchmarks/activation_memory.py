@@ -54,7 +54,7 @@ def saved_tensor_bytes(model, batch: dict, bf16: bool) -> collections.Counter:
 
 def main():
     from modeling_pera import PeraConfig, PeraForPreTraining
-    from modeling_pera.training import parse_config_overrides
+    from modeling_pera.pretraining import parse_config_overrides
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_size", default="vit-base")

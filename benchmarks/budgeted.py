@@ -59,14 +59,14 @@ def train_one(job: dict) -> dict:
     `config_overrides` are added to the setting's.
     """
     from modeling_pera import PeraConfig
-    from modeling_pera.training import PretrainingArguments, parse_config_overrides, pretrain
+    from modeling_pera.pretraining import PretrainingArguments, parse_config_overrides, pretrain
 
     flags = dict(job.get("flags") or {})
     overrides = merged_overrides(job["config_overrides"], flags.pop("config_overrides", None))
     logging_steps = job.get("logging_steps") or max(1, job["steps"] // 10)
     if job["method"] == "mae":
         from modeling_pera.baselines import build_mae, mae_config_from_pera, pretrain_mae
-        from modeling_pera.training import build_processor
+        from modeling_pera.pretraining import build_processor
 
         arguments = PretrainingArguments(output_dir=job["output_dir"], model_size=job["model_size"])
         pera_config = PeraConfig.from_preset(job["model_size"], **parse_config_overrides(overrides))
@@ -91,6 +91,7 @@ def train_one(job: dict) -> dict:
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
     arguments = {
         "output_dir": job["output_dir"],
+        "overwrite_output_dir": True,  # a benchmark re-run replaces its runs
         "train_dir": job["train_dir"],
         "model_size": job["model_size"],
         "recipe": "short-budget",
@@ -184,7 +185,7 @@ def evaluate(
 def resolve_setting(name: str, **overrides) -> dict:
     """The named setting with the given (non-None) overrides and the model's `image_size`."""
     from modeling_pera import PeraConfig
-    from modeling_pera.training import parse_config_overrides
+    from modeling_pera.pretraining import parse_config_overrides
 
     setting = {**SETTINGS[name], **{key: value for key, value in overrides.items() if value is not None}}
     setting["image_size"] = PeraConfig.from_preset(

@@ -35,7 +35,7 @@ def endless(loader):
 def loader_figures(arguments, mode: str, num_workers: int) -> dict:
     from modeling_pera import PeraConfig, PeraImageProcessor
     from modeling_pera.data import load_pretraining_dataset, make_pretraining_dataloader, make_pretraining_dataset
-    from modeling_pera.training import parse_config_overrides
+    from modeling_pera.pretraining import parse_config_overrides
     from modeling_pera.views import AlignedPairViews
 
     config = PeraConfig.from_preset(arguments.model_size, **parse_config_overrides(arguments.config_overrides))

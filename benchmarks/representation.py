@@ -6,7 +6,7 @@ random-init encoder, pretrained on the same unlabeled images with the same backb
     python benchmarks/representation.py --setting cuda   # GPU: ViT-S/16 at 224/96 px, fits a 15-minute session
 
 Methods:
-- `pera`: PeraForPreTraining with the short-budget recipe (`modeling_pera.training.RECIPES["short-budget"]`);
+- `pera`: PeraForPreTraining with the short-budget recipe (`modeling_pera.pretraining.RECIPES["short-budget"]`);
 - `full_view`: the same model and recipe with `full_views=True` (student and teacher see every patch: DINO-style
   aligned-pair distillation without PerA's masks, no pixel prediction);
 - `mae`: `ViTMAEForPreTraining` with the same encoder (`modeling_pera.baselines`), one global crop per image;
@@ -28,7 +28,7 @@ import torch
 from budgeted import DEFAULT_DATA_DIR, REPOSITORY, SETTINGS, evaluate, resolve_setting, train_dirs, train_for_budget
 from reporting import command_line, device_name, publish, save_figure
 
-from modeling_pera.training import snapshot_directory
+from modeling_pera.pretraining import snapshot_directory
 
 
 METHODS = ("pera", "full_view", "mae")

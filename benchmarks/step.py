@@ -32,7 +32,7 @@ VARIANTS = ("pera", "full_view", "mae")
 def build(variant: str, config, device: torch.device):
     from modeling_pera import PeraForPreTraining
     from modeling_pera.baselines import build_mae, mae_config_from_pera
-    from modeling_pera.training import student_parameter_groups
+    from modeling_pera.pretraining import student_parameter_groups
 
     if variant == "mae":
         model = build_mae(mae_config_from_pera(config))
@@ -86,14 +86,14 @@ def data_label(arguments) -> str:
 def measure(arguments) -> dict:
     """One (variant, batch size) measurement; runs in its own process."""
     from modeling_pera import PeraConfig
-    from modeling_pera.training import apply_schedule, parse_config_overrides
+    from modeling_pera.pretraining import apply_schedule, parse_config_overrides
     from modeling_pera.schedules import PretrainingSchedule
 
     device = torch.device(arguments.device)
     config = PeraConfig.from_preset(arguments.model_size, **parse_config_overrides(arguments.config_overrides))
     model, groups = build(arguments.variant, config, device)
     if arguments.activation_checkpointing and arguments.variant != "mae":
-        from modeling_pera.training import enable_activation_checkpointing
+        from modeling_pera.pretraining import enable_activation_checkpointing
 
         enable_activation_checkpointing(model, arguments.activation_checkpointing)
     optimizer = torch.optim.AdamW(groups, lr=1e-4, eps=2e-5, fused=device.type == "cuda")

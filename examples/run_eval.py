@@ -50,6 +50,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pooling", choices=POOLINGS, default="cls")
     parser.add_argument("--linear_probe", action="store_true", help="Also fit a logistic-regression probe.")
     parser.add_argument("--random_init", action="store_true", help="Use random weights of the same architecture.")
+    parser.add_argument(
+        "--trust_remote_code",
+        action="store_true",
+        help="Run the Python code a non-PerA model folder or Hub repository ships (only for code you trust).",
+    )
     parser.add_argument("--device", help="Default: cuda when available, else cpu.")
     parser.add_argument("--num_workers", type=int, default=0, help="Processes reading the images.")
     parser.add_argument("--cache_path", type=Path, help="File caching the features between runs.")
@@ -98,6 +103,7 @@ def main() -> None:
             batch_size=args.batch_size,
             image_size=args.image_size,
             random_init=args.random_init,
+            trust_remote_code=args.trust_remote_code,
             device=args.device,
             num_workers=args.num_workers,
             cache_path=cache_path,
@@ -125,6 +131,7 @@ def classify(args: argparse.Namespace) -> dict:
         pooling=args.pooling,
         run_linear_probe=args.linear_probe,
         random_init=args.random_init,
+        trust_remote_code=args.trust_remote_code,
         device=args.device,
         num_workers=args.num_workers,
         cache_path=args.cache_path,

@@ -9,7 +9,7 @@ All flags: `python examples/run_pretraining.py --help`; the guide: docs/training
 
 from transformers import HfArgumentParser
 
-from modeling_pera.training import PretrainingArguments, pretrain
+from modeling_pera.pretraining import PretrainingArguments, pretrain
 
 
 def main():

@@ -18,7 +18,7 @@ from .configuration_pera import PeraConfig
 from .data import load_pretraining_dataset, make_pretraining_dataloader, make_pretraining_dataset
 from .image_processing_pera import PeraImageProcessor
 from .schedules import PretrainingSchedule
-from .training import snapshot_directory
+from .pretraining import snapshot_directory
 from .views import AlignedPairViews
 
 

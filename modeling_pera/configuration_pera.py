@@ -1,8 +1,11 @@
 # Copyright 2026 The modeling_pera authors. Licensed under the Apache License, Version 2.0.
 """PerA model configuration."""
 
+import math
+
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
+from transformers.activations import ACT2FN
 from transformers.backbone_utils import BackboneConfigMixin
 
 
@@ -212,6 +215,7 @@ class PeraConfig(BackboneConfigMixin, PreTrainedConfig):
         if getattr(self, "auto_map", None) is None:
             self.auto_map = dict(PERA_AUTO_MAP)
         # Checked here rather than in `validate_*` hooks so that bad settings raise a plain `ValueError`.
+        self._check_ranges()
         self._check_architecture()
         self._check_bands()
         self._check_masking()
@@ -226,6 +230,36 @@ class PeraConfig(BackboneConfigMixin, PreTrainedConfig):
     def mask_counts(self, crop_size: int) -> tuple[int, int, int]:
         """`(num_student, num_predicted, num_teacher)` patches of a square crop of `crop_size` pixels."""
         return pera_mask_counts((crop_size // self.patch_size) ** 2, self.student_ratio, self.teacher_ratio)
+
+    def _check_ranges(self):
+        """Each value in the range where the model computes something (not NaN, not a late ZeroDivisionError)."""
+        positive_integers = (
+            "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "image_size", "patch_size",
+            "local_crop_size", "head_hidden_size", "head_bottleneck_size", "num_prototypes",
+        )
+        for name in positive_integers:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        for name in ("student_temperature", "teacher_temperature", "layer_norm_eps"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value}.")
+        unit_intervals = {
+            "center_momentum": (0, 1, "]"), "drop_path_rate": (0, 1, ")"), "hidden_dropout_prob": (0, 1, ")"),
+            "attention_probs_dropout_prob": (0, 1, ")"),
+        }
+        for name, (low, high, closing) in unit_intervals.items():
+            value = getattr(self, name)
+            if not (low <= value <= high) or (closing == ")" and value == high):
+                raise ValueError(f"{name} must lie in [{low}, {high}{closing}, got {value}.")
+        for name in ("dino_loss_weight", "koleo_loss_weight", "pixel_loss_weight", "initializer_range"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a non-negative number, got {value}.")
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(
+                f"hidden_act {self.hidden_act!r} is not an activation of transformers' ACT2FN (e.g. 'gelu')."
+            )
 
     def _check_architecture(self):
         """Sizes that fit together."""

@@ -350,7 +350,7 @@ def convert_pera_checkpoint(
         [`PeraForPreTraining`]: the converted model.
     """
     # imported here: the training module pulls in accelerate and the data pipeline, which conversion does not need
-    from .training import export_pretrained
+    from .pretraining import export_pretrained
 
     state_dict = load_reference_state_dict(checkpoint_path, trust_pickle=trust_pickle)
     check_reference_keys(state_dict)

@@ -11,6 +11,7 @@ count that does not match the model) is caught at start by [`check_dataset`].
 
 import io
 import logging
+import math
 import os
 import re
 from collections import Counter
@@ -33,7 +34,7 @@ from .views import AlignedPairViews, pretraining_collate
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff")
 # Single-band Sentinel-2 files in BigEarthNet's layout: `<patch>_B01.tif`, ..., `<patch>_B8A.tif`.
 _BAND_FILE_PATTERN = re.compile(r"_B(\d\d|8A)\.tiff?$", re.IGNORECASE)
 # PIL modes converted before reading: alpha dropped, palettes and other colour spaces to RGB, bilevel to grayscale.
@@ -81,11 +82,12 @@ def find_images(root: str | os.PathLike) -> list[Path]:
     """
     Lists the pretraining samples under `root`, recursively, in a deterministic (sorted) order.
 
-    A sample is a file with extension `.jpg`, `.jpeg`, `.png`, `.tif` or `.tiff` (case-insensitive), or a BigEarthNet-
-    style band folder: a folder holding two or more single-band files `<name>_B01.tif`, `<name>_B02.tif`, ... (bands
-    `B01`-`B12` and `B8A`), which is one sample (read with [`~raster.read_band_folder`]); its band files are not listed
-    on their own. Hidden files and folders (names starting with `.`) are skipped, as are zero-byte files (counted and
-    logged with a warning). Symbolic links are followed, each real folder once.
+    A sample is a file with extension `.jpg`, `.jpeg`, `.png`, `.webp`, `.tif` or `.tiff` (case-insensitive), or a
+    BigEarthNet-style band folder: a folder holding two or more single-band files `<name>_B01.tif`, `<name>_B02.tif`,
+    ... (bands `B01`-`B12` and `B8A`), which is one sample (read with [`~raster.read_band_folder`]); its band files are
+    not listed on their own. Hidden files and folders (names starting with `.`) are skipped, as are zero-byte files
+    and files of other extensions (counted and logged with a warning). Symbolic links are followed, each real folder
+    once.
 
     Args:
         root (`str` or `os.PathLike`):
@@ -97,7 +99,7 @@ def find_images(root: str | os.PathLike) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"{root} is not a folder: pass the folder that holds the pretraining images.")
-    samples, zero_byte_files, missing_files = [], [], []
+    samples, zero_byte_files, missing_files, other_files = [], [], [], []
     visited = set()
     for folder, subfolders, file_names in os.walk(root, followlinks=True):
         real_folder = os.path.realpath(folder)
@@ -113,9 +115,12 @@ def find_images(root: str | os.PathLike) -> list[Path]:
         else:
             band_files = set()
         for name in file_names:
-            if name.startswith(".") or name in band_files or not name.lower().endswith(IMAGE_EXTENSIONS):
+            if name.startswith(".") or name in band_files:
                 continue
             path = folder / name
+            if not name.lower().endswith(IMAGE_EXTENSIONS):
+                other_files.append(path)
+                continue
             try:
                 size = path.stat().st_size
             except OSError:  # a broken symbolic link
@@ -125,7 +130,9 @@ def find_images(root: str | os.PathLike) -> list[Path]:
                 zero_byte_files.append(path)
             else:
                 samples.append(path)
-    for skipped, kind in ((zero_byte_files, "zero-byte files"), (missing_files, "broken links")):
+    other_kinds = f"files that are not {'/'.join(IMAGE_EXTENSIONS)} images"
+    skipped_kinds = ((zero_byte_files, "zero-byte files"), (missing_files, "broken links"), (other_files, other_kinds))
+    for skipped, kind in skipped_kinds:
         if skipped:
             examples = ", ".join(str(path) for path in sorted(skipped)[:3])
             logger.warning(f"find_images: skipped {len(skipped)} {kind} under {root}, e.g. {examples}")
@@ -540,24 +547,39 @@ class PretrainingIterableDataset(torch.utils.data.IterableDataset):
 
 def _checked_samples(
     dataset: PretrainingDataset | PretrainingIterableDataset, num_checked: int
-) -> Iterator[tuple[str, UnusableSampleError | None]]:
-    """`(description, error or None)` of `num_checked` samples: spread over a map-style dataset, first of a stream."""
+) -> Iterator[tuple[str, torch.Tensor | None, UnusableSampleError | None]]:
+    """`(description, pixels, error)` of `num_checked` samples (pixels or error `None`): spread over a map-style
+    dataset, the first of a stream."""
     if isinstance(dataset, PretrainingDataset):
         indices = np.unique(np.linspace(0, len(dataset) - 1, num=min(num_checked, len(dataset))).round().astype(int))
         for index in indices.tolist():
             try:
-                dataset.load_image(index)
-                yield dataset.describe(index), None
+                yield dataset.describe(index), dataset.load_image(index), None
             except UnusableSampleError as error:
-                yield dataset.describe(index), error
+                yield dataset.describe(index), None, error
     else:
         for position, example in enumerate(islice(dataset.source, num_checked)):
             description = dataset._describe(example, position)
             try:
-                dataset.decoder(example[dataset.image_column_name], description)
-                yield description, None
+                yield description, dataset.decoder(example[dataset.image_column_name], description), None
             except UnusableSampleError as error:
-                yield description, error
+                yield description, None, error
+
+
+def _pixel_range_mismatch(views: AlignedPairViews, decoded: list[tuple[str, torch.Tensor]]) -> str | None:
+    """Why the decoded samples are not the 8-bit pixels that band statistics rescaled by 1/255 are made for, or
+    `None` (also for statistics of other ranges, which cannot be checked this way)."""
+    if views.offset or not math.isclose(views.rescale_factor, 1 / 255):
+        return None
+    for description, pixels in decoded:
+        if pixels.dtype == torch.uint8:
+            continue
+        low, high = float(pixels.min()), float(pixels.max())
+        if high > 255 or low < 0:
+            return f"{description} has values in [{low:g}, {high:g}], beyond the 0-255 of 8-bit pixels"
+        if high <= 1:
+            return f"{description} has values in [{low:g}, {high:g}]: already scaled to [0, 1], not 8-bit pixels"
+    return None
 
 
 def check_dataset(
@@ -585,7 +607,15 @@ def check_dataset(
     results = list(_checked_samples(dataset, num_checked))
     if not results:
         raise ValueError("The pretraining dataset yielded no samples to check: it is empty.")
-    errors = [error for _, error in results if error is not None]
+    decoded = [(description, pixels) for description, pixels, _ in results if pixels is not None]
+    mismatch = _pixel_range_mismatch(dataset.views, decoded)
+    if mismatch:
+        raise ValueError(
+            f"The image processor's band statistics are for 8-bit pixels (0-255, rescaled by 1/255), but {mismatch}. "
+            "Convert the images to 8-bit, or pretrain with statistics made for their range (--processor_preset, e.g. "
+            "sentinel2-l2a for Sentinel-2 digital numbers)."
+        )
+    errors = [error for _, _, error in results if error is not None]
     num_usable = len(results) - len(errors)
     if not errors:
         return num_usable

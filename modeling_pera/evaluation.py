@@ -32,10 +32,10 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
+from .data import IMAGE_EXTENSIONS
 from .raster import read_raster
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 POOLINGS = ("cls", "mean", "cls+mean")
 # The `pooling` of `extract_features` that keeps one feature vector per patch, as a map `(dim, rows, columns)`.
 PATCH_FEATURES = "patches"
@@ -64,14 +64,14 @@ class ImageFolder:
     class_names: list[str]
 
     @classmethod
-    def from_directory(cls, root: str | os.PathLike, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> "ImageFolder":
+    def from_directory(cls, root: str | os.PathLike, suffixes: Sequence[str] = IMAGE_EXTENSIONS) -> "ImageFolder":
         """
         Lists the images of `root`, one sub-folder per class.
 
         Args:
             root (`str` or `os.PathLike`):
                 The folder holding one sub-folder per class.
-            suffixes (`Sequence[str]`, *optional*, defaults to `IMAGE_SUFFIXES`):
+            suffixes (`Sequence[str]`, *optional*, defaults to `IMAGE_EXTENSIONS`):
                 File name endings of the images to keep (case-insensitive); other files are ignored, as are hidden
                 files and folders.
 
@@ -903,10 +903,10 @@ def segmentation_probe(
 
 
 def load_encoder(
-    model_name_or_path: str | os.PathLike, random_init: bool = False, seed: int = 0
+    model_name_or_path: str | os.PathLike, random_init: bool = False, seed: int = 0, trust_remote_code: bool = False
 ) -> tuple[nn.Module, Any]:
     """
-    Loads a vision encoder and its image processor with the Auto classes (`trust_remote_code=True`).
+    Loads a vision encoder and its image processor with the Auto classes.
 
     Args:
         model_name_or_path (`str` or `os.PathLike`):
@@ -916,18 +916,29 @@ def load_encoder(
             baseline) instead of loading the weights.
         seed (`int`, *optional*, defaults to 0):
             Seed of the random weights when `random_init`; the global random state is left untouched.
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Run the Python code the folder or repository ships (its `auto_map`), for models other than PerA: only for
+            code you trust. PerA models load without it (this package registers their classes).
 
     Returns:
         `tuple[nn.Module, Any]`: the model, in eval mode, and the processor.
     """
-    processor = AutoImageProcessor.from_pretrained(model_name_or_path, trust_remote_code=True)
-    if random_init:
-        config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=True)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = AutoModel.from_config(config, trust_remote_code=True)
-    else:
-        model = AutoModel.from_pretrained(model_name_or_path, trust_remote_code=True)
+    try:
+        processor = AutoImageProcessor.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+        if random_init:
+            config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+        else:
+            model = AutoModel.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+    except ValueError as error:
+        if "trust_remote_code" not in str(error):
+            raise
+        raise ValueError(
+            f"{model_name_or_path} is not a PerA model and ships its own Python code, which is not run by default. "
+            "Read it first; pass --trust_remote_code (trust_remote_code=True) only if you trust it."
+        ) from error
     return model.eval(), processor
 
 
@@ -970,10 +981,13 @@ def _encode_files(
     num_workers: int,
     cache_path: str | os.PathLike | None,
     progress_bar: bool,
+    trust_remote_code: bool,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Loads the encoder and encodes `paths`: the features and the setup entries of the results (encoder, input size,
     encoding time)."""
-    model, processor = load_encoder(model_name_or_path, random_init=random_init, seed=seed)
+    model, processor = load_encoder(
+        model_name_or_path, random_init=random_init, seed=seed, trust_remote_code=trust_remote_code
+    )
     processor_kwargs = _processor_kwargs(processor, image_size)
     input_size = list(preprocess_image_file(paths[0], processor, **processor_kwargs).shape)
     start = time.perf_counter()
@@ -1016,6 +1030,7 @@ def evaluate_encoder(
     num_workers: int = 0,
     cache_path: str | os.PathLike | None = None,
     progress_bar: bool = True,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """
     Evaluates a frozen vision encoder on a labelled image folder with weighted kNN and, optionally, a linear probe.
@@ -1057,6 +1072,8 @@ def evaluate_encoder(
             Feature cache file (see [`extract_features`]).
         progress_bar (`bool`, *optional*, defaults to `True`):
             Whether to show a progress bar while encoding.
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Passed to [`load_encoder`]: run the code a non-PerA model ships.
 
     Returns:
         `dict`: JSON-serialisable results: the setup (model, data, split sizes, input size, feature size, device), the
@@ -1068,7 +1085,7 @@ def evaluate_encoder(
     train_index, test_index = stratified_split(dataset.labels, train_fraction, train_per_class, seed)
     features, setup = _encode_files(
         model_name_or_path, dataset.paths, random_init, seed, image_size, pooling, batch_size, device, num_workers,
-        cache_path, progress_bar,
+        cache_path, progress_bar, trust_remote_code,
     )
 
     labels = torch.tensor(dataset.labels)
@@ -1122,6 +1139,7 @@ def evaluate_segmentation(
     num_workers: int = 0,
     cache_path: str | os.PathLike | None = None,
     progress_bar: bool = True,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """
     Evaluates a frozen vision encoder with a linear segmentation probe on an image/mask folder (e.g. GID-MTL5).
@@ -1162,6 +1180,8 @@ def evaluate_segmentation(
             Feature cache file (see [`extract_features`]).
         progress_bar (`bool`, *optional*, defaults to `True`):
             Whether to show a progress bar while encoding.
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Passed to [`load_encoder`]: run the code a non-PerA model ships.
 
     Returns:
         `dict`: JSON-serialisable results: the setup (model, data, split sizes, input and feature map sizes, device,
@@ -1182,7 +1202,7 @@ def evaluate_segmentation(
 
     features, setup = _encode_files(
         model_name_or_path, dataset.image_paths, random_init, seed, image_size, PATCH_FEATURES, batch_size, device,
-        num_workers, cache_path, progress_bar,
+        num_workers, cache_path, progress_bar, trust_remote_code,
     )
 
     train_index, test_index = torch.tensor(train_index), torch.tensor(test_index)
@@ -1315,7 +1335,6 @@ def format_segmentation_summary(results: dict[str, Any]) -> str:
 
 __all__ = [
     "GID_MTL5_CLASS_NAMES",
-    "IMAGE_SUFFIXES",
     "LINEAR_PROBE_WEIGHT_DECAYS",
     "PATCH_FEATURES",
     "POOLINGS",

@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import (
-    AutoConfig,
     AutoImageProcessor,
     AutoModelForImageClassification,
     EvalPrediction,
@@ -45,9 +44,10 @@ from .evaluation import (
     segmentation_report,
     stratified_split,
 )
+from .configuration_pera import PeraConfig
 from .modeling_pera import PeraBackbone
+from .pretraining import NO_DECAY_NAMES, parse_config_overrides
 from .raster import read_raster
-from .training import NO_DECAY_NAMES, parse_config_overrides
 from .views import AlignedPairViews
 
 
@@ -334,6 +334,13 @@ class FinetuningArguments:
     config_overrides: str | None = field(
         default=None, metadata={"help": "Comma-separated encoder config settings, e.g. 'drop_path_rate=0.1'."}
     )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Run the Python code a model folder or Hub repository ships (its auto_map), for models other than "
+            "PerA. PerA checkpoints load without it when modeling_pera is installed."
+        },
+    )
 
 
 @dataclass
@@ -430,14 +437,16 @@ def finetune_classification(
         train_paths, train_labels = train_folder.paths, train_folder.labels
         eval_paths, eval_labels = eval_folder.paths, eval_folder.labels
 
-    processor = AutoImageProcessor.from_pretrained(arguments.model_name_or_path, trust_remote_code=True)
+    processor = AutoImageProcessor.from_pretrained(
+        arguments.model_name_or_path, trust_remote_code=arguments.trust_remote_code
+    )
     model = AutoModelForImageClassification.from_pretrained(
         arguments.model_name_or_path,
         num_labels=len(class_names),
         id2label=dict(enumerate(class_names)),
         label2id={name: index for index, name in enumerate(class_names)},
         ignore_mismatched_sizes=True,  # a classification checkpoint with other classes gets a new head
-        trust_remote_code=True,
+        trust_remote_code=arguments.trust_remote_code,
         dtype=torch.float32,
         **parse_config_overrides(arguments.config_overrides),
     )
@@ -499,7 +508,7 @@ def upernet_for_pera(
     Returns:
         `UperNetForSemanticSegmentation`: in float32.
     """
-    backbone_config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=True, **config_overrides)
+    backbone_config = PeraConfig.from_pretrained(model_name_or_path, **config_overrides)
     if out_indices is None:
         num_layers = backbone_config.num_hidden_layers
         out_indices = sorted({num_layers * quarter // 4 for quarter in range(1, 5)} - {0})
@@ -551,7 +560,9 @@ def finetune_segmentation(
         num_classes = max(int(read_mask(path).max()) for path in train_masks) + 1
         class_names = [str(value) for value in range(num_classes)]
 
-    processor = AutoImageProcessor.from_pretrained(arguments.model_name_or_path, trust_remote_code=True)
+    processor = AutoImageProcessor.from_pretrained(
+        arguments.model_name_or_path, trust_remote_code=arguments.trust_remote_code
+    )
     model = upernet_for_pera(
         arguments.model_name_or_path,
         class_names,

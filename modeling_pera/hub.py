@@ -1,7 +1,7 @@
 # Copyright 2026 The modeling_pera authors. Licensed under the Apache License, Version 2.0.
 """Sharing PerA checkpoints on the Hugging Face Hub: a model card written from the saved folder, and the upload.
 
-A folder written by `save_pretrained` (or by [`~modeling_pera.training.export_pretrained`]) already holds the weights,
+A folder written by `save_pretrained` (or by [`~modeling_pera.pretraining.export_pretrained`]) already holds the weights,
 the config with its `auto_map`, the image processor and the three code files, so that it loads with
 `trust_remote_code=True` where this package is not installed. [`write_model_card`] adds a `README.md` describing the
 model, its bands and input statistics, how it was trained and how well it probes; [`push_folder_to_hub`] uploads the
@@ -246,7 +246,7 @@ def pretraining_card_info(
     The `training` table of the model card of a pretraining run.
 
     Args:
-        arguments ([`~modeling_pera.training.PretrainingArguments`]):
+        arguments ([`~modeling_pera.pretraining.PretrainingArguments`]):
             The run's arguments.
         config ([`PeraConfig`]):
             The model's config.

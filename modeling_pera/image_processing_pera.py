@@ -236,7 +236,9 @@ class PeraImageProcessor(BaseImageProcessor):
         do_rescale (`bool`, *optional*, defaults to `True`):
             Whether to multiply the pixels by `rescale_factor`.
         rescale_factor (`float`, *optional*, defaults to `1/255`):
-            Scale factor applied when `do_rescale` is `True`.
+            Scale factor applied when `do_rescale` is `True`. With 1/255 (statistics for 8-bit pixels), float images
+            with values in [0, 1] are taken as already rescaled, and images with values outside 0-255 (16-bit data)
+            are refused with a message naming the fix.
         offset (`float`, *optional*, defaults to `0.0`):
             Value subtracted from every pixel before rescaling (see [`PeraImageProcessorKwargs`]).
         do_normalize (`bool`, *optional*, defaults to `True`):
@@ -469,10 +471,11 @@ class PeraImageProcessor(BaseImageProcessor):
         options = self._standardize_kwargs(**options)
         self._validate_preprocess_kwargs(**options)
 
-        pixel_values = [
-            self._transform(self._to_channels_first(image, index, input_data_format), **options)
-            for index, image in enumerate(self._flatten_images(images))
-        ]
+        pixel_values = []
+        for index, image in enumerate(self._flatten_images(images)):
+            tensor, is_float = self._to_channels_first(image, index, input_data_format)
+            rescale = self._rescales(tensor, is_float, index, options)
+            pixel_values.append(self._transform(tensor, **{**options, "do_rescale": rescale}))
         if return_tensors is not None:
             shapes = {tuple(image.shape[1:]) for image in pixel_values}
             if len(shapes) > 1:
@@ -500,8 +503,30 @@ class PeraImageProcessor(BaseImageProcessor):
             raise ValueError("No images were given.")
         return flat
 
-    def _to_channels_first(self, image: Any, index: int, input_data_format: str | None) -> torch.Tensor:
-        """Converts one image to a finite `(bands, height, width)` float32 tensor with `num_channels` bands."""
+    @staticmethod
+    def _rescales(image: torch.Tensor, is_float: bool, index: int, options: dict) -> bool:
+        """
+        Whether `image` is rescaled. Statistics rescaled by 1/255 are for 8-bit pixels: floats in [0, 1] are taken as
+        already rescaled (the same image as their 8-bit equivalent), values outside 0-255 are refused.
+        """
+        if not options["do_rescale"] or options["offset"] or not math.isclose(options["rescale_factor"], 1 / 255):
+            return options["do_rescale"]
+        low, high = float(image.min()), float(image.max())
+        if is_float and low >= 0 and high <= 1:
+            return False
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"Image {index} has values in [{low:g}, {high:g}], but this processor's statistics are for 8-bit "
+                "pixels (0-255, rescaled by 1/255). For 16-bit or other data use statistics made for its range: a "
+                "preset such as 'sentinel2-l2a' for Sentinel-2 digital numbers, or `rescale_factor` set to 1 / the "
+                "data's maximum (e.g. 1/65535) with `image_mean` and `image_std` of your data; or convert the images "
+                "to 8-bit."
+            )
+        return True
+
+    def _to_channels_first(self, image: Any, index: int, input_data_format: str | None) -> tuple[torch.Tensor, bool]:
+        """Converts one image to a finite `(bands, height, width)` float32 tensor with `num_channels` bands; also
+        says whether its pixels were floating point."""
         if isinstance(image, Image.Image):
             image = self._pil_to_numpy(image, index)
             # PIL stores the band axis last, whatever `input_data_format` says about arrays.
@@ -514,6 +539,7 @@ class PeraImageProcessor(BaseImageProcessor):
                 )
             # A copy in numpy handles big-endian and non-contiguous arrays (e.g. from TIFF readers), and the output
             # never aliases the caller's array, even when every step is switched off.
+            is_float = np.issubdtype(image.dtype, np.floating)
             tensor = torch.from_numpy(np.array(image, dtype=np.float32, copy=True))
         elif isinstance(image, torch.Tensor):
             if image.dtype not in _TORCH_DTYPES:
@@ -521,6 +547,7 @@ class PeraImageProcessor(BaseImageProcessor):
                     f"Image {index} has the unsupported dtype {image.dtype}; supported: "
                     f"{', '.join(str(dtype) for dtype in _TORCH_DTYPES)}."
                 )
+            is_float = image.is_floating_point()
             tensor = image.detach().to(device="cpu", dtype=torch.float32, copy=True)
         else:
             raise ValueError(
@@ -529,11 +556,13 @@ class PeraImageProcessor(BaseImageProcessor):
             )
 
         tensor = self._move_bands_first(tensor, index, input_data_format)
+        if tensor.numel() == 0:
+            raise ValueError(f"Image {index} has shape {tuple(tensor.shape)}: it holds no pixels.")
         if not torch.isfinite(tensor).all():
             raise ValueError(
                 f"Image {index} contains NaN or infinite values; fill or mask them first (e.g. np.nan_to_num)."
             )
-        return tensor
+        return tensor, is_float
 
     def _pil_to_numpy(self, image: Image.Image, index: int) -> np.ndarray:
         """Reads the pixels of a PIL image, converting the modes that have no direct band meaning."""

@@ -82,7 +82,9 @@ class PeraPatchEmbeddings(nn.Module):
             raise ValueError(
                 f"pixel_values must have shape (batch, channels, height, width), got {tuple(pixel_values.shape)}."
             )
-        _, num_channels, height, width = pixel_values.shape
+        batch_size, num_channels, height, width = pixel_values.shape
+        if batch_size == 0:
+            raise ValueError("pixel_values holds no image (batch size 0); pass at least one image.")
         if num_channels != self.num_channels:
             raise ValueError(
                 f"pixel_values has {num_channels} bands but the model expects {self.num_channels}; preprocess the "
@@ -648,18 +650,23 @@ class PeraForPreTraining(PeraPreTrainedModel):
         after each optimizer step. The teacher also takes the student's mask token verbatim (it never uses it in
         pretraining), so that the exported encoder supports `bool_masked_pos`.
         """
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"The teacher's EMA momentum must lie in [0, 1], got {momentum}.")
         teacher, student = self._paired_parameters(with_mask_token=False)
         torch._foreach_lerp_(teacher, student, 1.0 - momentum)
         self.pera.embeddings.mask_token.copy_(self.student.embeddings.mask_token)
 
     @torch.no_grad()
     def _update_center(self, teacher_logits: torch.Tensor) -> None:
-        """EMA of the mean teacher logits over all views of all processes; used from the next step on."""
+        """EMA of the mean teacher logits over all views of all processes; used from the next step on. A non-finite
+        batch (NaN pixels, a diverged step) leaves the centre as it was instead of poisoning every later step; that
+        step's loss is non-finite, which stops pretraining (checked on the device, without a host sync)."""
         batch_center = teacher_logits.float().mean(dim=0, keepdim=True)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(batch_center)
             batch_center /= dist.get_world_size()
-        self.center.lerp_(batch_center, 1.0 - self.config.center_momentum)
+        updated = torch.lerp(self.center, batch_center, 1.0 - self.config.center_momentum)
+        self.center.copy_(torch.where(torch.isfinite(batch_center).all(), updated, self.center))
 
     def _draw_masks(
         self, noise: torch.Tensor | None, pixel_values: torch.Tensor

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
-from .evaluation import IMAGE_SUFFIXES, extract_features, preprocess_image_file
+from .data import IMAGE_EXTENSIONS
+from .evaluation import extract_features, preprocess_image_file
 from .raster import read_raster
 
 
@@ -267,7 +268,7 @@ def plot_feature_figure(
     return figure
 
 
-def list_image_files(folder: str | os.PathLike, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[Path]:
+def list_image_files(folder: str | os.PathLike, suffixes: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
     """The image files under `folder`, recursively, sorted by path (hidden files and folders left out)."""
     folder = Path(folder)
     if not folder.is_dir():

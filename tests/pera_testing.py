@@ -6,6 +6,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
+import tifffile
+
 from modeling_pera import PeraConfig
 
 
@@ -53,3 +56,12 @@ def run_without_package(script: str, *arguments, workdir: Path) -> subprocess.Co
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result
+
+
+def write_random_tiffs(folder: Path, count: int, shape: tuple[int, ...], dtype: str, high: int) -> Path:
+    """`count` TIFFs `tile_<i>.tif` of uniform random pixels in [0, high) (channels last), fixed seed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = np.random.default_rng(1)
+    for index in range(count):
+        tifffile.imwrite(folder / f"tile_{index}.tif", generator.integers(0, high, shape, dtype=dtype))
+    return folder

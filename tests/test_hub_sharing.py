@@ -15,7 +15,7 @@ import modeling_pera.hub
 from modeling_pera import PeraForPreTraining, PeraImageProcessor
 from modeling_pera.hub import probe_results_from_evaluation, push_folder_to_hub, write_model_card
 from modeling_pera.image_processing_pera import SENTINEL2_L2A_BANDS, SENTINEL2_L2A_MEAN, SENTINEL2_L2A_STD
-from modeling_pera.training import PretrainingArguments, export_pretrained, push_encoder
+from modeling_pera.pretraining import PretrainingArguments, export_pretrained, push_encoder
 from pera_testing import run_without_package, tiny_config
 
 

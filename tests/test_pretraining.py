@@ -11,21 +11,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 import torch
 from PIL import Image
 from safetensors.torch import load_file
 
 from modeling_pera import PeraConfig, PeraForPreTraining
 from modeling_pera.schedules import PretrainingSchedule
-from modeling_pera.training import (
+from modeling_pera.pretraining import (
+    CheckpointError,
     PretrainingArguments,
     build_model,
     parse_config_overrides,
     pretrain,
     student_parameter_groups,
 )
-from pera_testing import run_without_package, tiny_config_overrides
+from pera_testing import run_without_package, tiny_config_overrides, write_random_tiffs
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -115,11 +115,7 @@ def test_script_on_real_images_exports_a_loadable_encoder(tmp_path, shared_data)
 
 
 def test_multispectral_geotiffs_train_and_export(tmp_path):
-    images = tmp_path / "tiles"
-    images.mkdir()
-    generator = np.random.default_rng(1)
-    for index in range(8):
-        tifffile.imwrite(images / f"tile_{index}.tif", generator.integers(0, 256, (36, 36, 4), dtype=np.uint8))
+    images = write_random_tiffs(tmp_path / "tiles", count=8, shape=(36, 36, 4), dtype="uint8", high=256)
     summary = pretrain(
         tiny_arguments(images, tmp_path / "run", config_overrides=TINY_MODEL + ",num_channels=4", max_train_steps=2)
     )
@@ -156,7 +152,7 @@ def test_recipes_fill_only_what_the_user_left_unset():
     assert (short.learning_rate, short.momentum_start) == (2e-4, 0.95)
     assert short.model_config_overrides() == {
         "num_prototypes": 1024, "drop_path_rate": 0.1, "head_hidden_size": 512, "head_bottleneck_size": 256,
-        "num_local_crops": 4,
+        "num_local_crops": 4, "normalize_pixel_targets": True,
     }
     # an explicit flag wins, even one equal to the reference value
     explicit = PretrainingArguments(
@@ -203,7 +199,7 @@ def test_two_process_run_keeps_ranks_in_step(tmp_path):
             f"""
             import torch
             from modeling_pera import PeraForPreTraining
-            from modeling_pera.training import PretrainingArguments, pretrain
+            from modeling_pera.pretraining import PretrainingArguments, pretrain
 
             models = []
             update_teacher = PeraForPreTraining.update_teacher
@@ -238,6 +234,12 @@ def test_two_process_run_keeps_ranks_in_step(tmp_path):
     assert torch.count_nonzero(ranks[0]["state"]["center"]) > 0
     assert [path.name for path in (tmp_path / "run" / "checkpoints").iterdir()] == ["step_3"]
     assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in (tmp_path / "run" / "checkpoints" / "step_3").iterdir()}
+    # the 2-process checkpoint cannot continue exactly with 1 process (global batch, random states, data position)
+    with pytest.raises(CheckpointError, match="num_processes was 2, now 1"):
+        pretrain(tiny_arguments(
+            images, tmp_path / "run", per_device_train_batch_size=2, max_train_steps=4, seed=5,
+            resume_from_checkpoint="latest",
+        ))
 
 
 def test_photometry_on_device_trains_on_the_same_views(tmp_path):

@@ -14,7 +14,7 @@ from PIL import Image
 
 from modeling_pera import PeraForPreTraining, PeraImageProcessor, PeraModel
 from modeling_pera.image_processing_pera import SENTINEL2_L2A_BANDS
-from modeling_pera.training import export_pretrained
+from modeling_pera.pretraining import export_pretrained
 from modeling_pera.visualization import (
     compute_feature_maps,
     list_image_files,

@@ -1,0 +1,192 @@
+"""The flags of a pretraining run (`PretrainingArguments`), the hyper-parameter recipes and `--config_overrides`."""
+
+import ast
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+# Hyper-parameter sets. "reference" is method.md's recipe, made for 200 epochs over millions of images. Measured on
+# short CPU runs (docs/training.md), it does not beat a random-init encoder: its 131072 (or thousands of) prototypes
+# keep the teacher's targets near-uniform for hundreds of steps. "short-budget" is for runs of a few hundred steps,
+# each change measured by benchmarks/sweep.py (docs/training.md): fewer prototypes, lighter drop path, an lr for small
+# batches, a faster-moving teacher, narrower heads and fewer local crops (1.65x the steps in the same time), and
+# per-patch normalised pixel targets (MAE's norm_pix_loss: better on every probe, two seeds).
+RECIPES: dict[str, dict[str, dict]] = {
+    "reference": {"config": {}, "arguments": {"learning_rate": 1e-3, "momentum_start": 0.992}},
+    "short-budget": {
+        "config": {
+            "num_prototypes": 1024,
+            "drop_path_rate": 0.1,
+            "head_hidden_size": 512,
+            "head_bottleneck_size": 256,
+            "num_local_crops": 4,
+            "normalize_pixel_targets": True,
+        },
+        "arguments": {"learning_rate": 2e-4, "momentum_start": 0.95},
+    },
+}
+
+
+@dataclass
+class PretrainingArguments:
+    """Flags of `examples/run_pretraining.py` (the names follow transformers' `run_mim_no_trainer.py`)."""
+
+    output_dir: str = field(metadata={"help": "Where checkpoints, the final model and `encoder/` are written."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start a new run in an output_dir that holds another run's checkpoints, deleting them (without "
+            "this flag such a folder is refused, so that two runs never mix)."
+        },
+    )
+    train_dir: list[str] | None = field(
+        default=None, metadata={"help": "Folder(s) of images, pooled (recursive; jpg/png/tif/GeoTIFF, band folders)."}
+    )
+    dataset_name: str | None = field(default=None, metadata={"help": "A `datasets` dataset: a Hub id or 'imagefolder'."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration name."})
+    image_column_name: str = field(default="image", metadata={"help": "The dataset column holding the images."})
+    streaming: bool = field(default=False, metadata={"help": "Stream the dataset instead of downloading it."})
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Continue from a PerA checkpoint or encoder."})
+    model_size: str = field(default="vit-small", metadata={"help": "Backbone preset for a new model (see PERA_PRESETS)."})
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated config settings, e.g. 'image_size=224,local_crop_size=96,num_prototypes=8192'."},
+    )
+    recipe: str = field(
+        default="reference",
+        metadata={
+            "help": "Hyper-parameter set: 'reference' (method.md) or 'short-budget' (runs of a few hundred to a few "
+            "thousand steps; see RECIPES). --learning_rate, --momentum_start and --config_overrides win over it."
+        },
+    )
+    processor_preset: str | None = field(
+        default=None, metadata={"help": "Band statistics preset (default: pera-rgb for 3 bands, rgbn for 4)."}
+    )
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Images per device and step."})
+    num_train_epochs: int = field(default=100, metadata={"help": "Epochs, unless --max_train_steps is given."})
+    max_train_steps: int | None = field(default=None, metadata={"help": "Total optimizer steps; overrides epochs."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    learning_rate: float | None = field(
+        default=None, metadata={"help": "Peak learning rate, not scaled by batch size (default: the recipe's)."}
+    )
+    min_learning_rate: float = field(default=1e-6, metadata={"help": "Final learning rate of the cosine."})
+    warmup_fraction: float = field(default=0.1, metadata={"help": "Fraction of steps of linear lr warm-up."})
+    weight_decay_start: float = field(default=0.04, metadata={"help": "Weight decay at the start (cosine)."})
+    weight_decay_end: float = field(default=0.2, metadata={"help": "Weight decay at the end."})
+    momentum_start: float | None = field(
+        default=None, metadata={"help": "Teacher EMA momentum at the start, cosine to 1 (default: the recipe's)."}
+    )
+    teacher_temperature_start: float = field(default=0.03, metadata={"help": "Teacher temperature at the start."})
+    teacher_temperature_end: float = field(default=0.05, metadata={"help": "Teacher temperature after warm-up."})
+    teacher_temperature_warmup_fraction: float = field(default=0.15, metadata={"help": "Fraction of steps of warm-up."})
+    max_grad_norm: float = field(default=3.0, metadata={"help": "Gradient clipping norm."})
+    checkpointing_steps: int | None = field(default=None, metadata={"help": "Save a resumable checkpoint every N steps."})
+    checkpoints_total_limit: int = field(default=2, metadata={"help": "Keep at most this many step checkpoints."})
+    snapshot_steps: list[int] | None = field(
+        default=None,
+        metadata={"help": "Also save the encoder after these steps to output_dir/snapshots/step_N (quality over time)."},
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "A checkpoint folder, or 'latest' for the newest intact one in output_dir."}
+    )
+    allow_inexact_resume: bool = field(
+        default=False,
+        metadata={
+            "help": "Resume from a checkpoint that cannot continue the run exactly (random states missing, another "
+            "number of processes, batch size or accumulation), with a warning, instead of refusing."
+        },
+    )
+    with_tracking: bool = field(default=False, metadata={"help": "Log scalars to the trackers of --report_to."})
+    report_to: str = field(default="tensorboard", metadata={"help": "Tracker(s): tensorboard, wandb, all."})
+    logging_steps: int = field(default=10, metadata={"help": "Log and update the progress bar every N steps."})
+    seed: int = field(default=42, metadata={"help": "Seed of weights, data order, views and masks."})
+    dataloader_num_workers: int = field(default=2, metadata={"help": "DataLoader worker processes."})
+    photometry_on_device: bool = field(
+        default=True,
+        metadata={
+            "help": "Workers only cut the crops (8-bit images stay 8-bit); colour jitter, grayscale and normalisation "
+            "run batched on the training device. Same views; faster on GPUs and on the CPU (docs/benchmarks.md)."
+        },
+    )
+    activation_checkpointing: str | None = field(
+        default=None,
+        metadata={
+            "help": "Recompute the student's block activations in backward: 'full' keeps only each block's input; "
+            "'selective' also keeps the outputs of matrix products and attention, and recomputes the cheap rest.",
+            "choices": ["full", "selective"],
+        },
+    )
+    torch_compile: bool = field(
+        default=False,
+        metadata={"help": "Compile the forward pass with torch.compile (the first steps compile; pays off on GPUs)."},
+    )
+    push_to_hub: bool = field(default=False, metadata={"help": "Upload the encoder to the Hub at the end."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "Hub repository for --push_to_hub."})
+    hub_token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one)."})
+
+    def __post_init__(self):
+        if self.recipe not in RECIPES:
+            raise ValueError(f"Unknown --recipe {self.recipe!r}; choose one of {sorted(RECIPES)}.")
+        for name, value in RECIPES[self.recipe]["arguments"].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        self._check_values()
+
+    def _check_values(self):
+        """Flags that would otherwise mean something else silently (0 steps as 'unset') or fail hours later."""
+        at_least_one = [
+            "per_device_train_batch_size", "num_train_epochs", "gradient_accumulation_steps", "logging_steps",
+            "checkpoints_total_limit",
+        ]
+        at_least_one += [name for name in ("max_train_steps", "checkpointing_steps") if getattr(self, name) is not None]
+        for name in at_least_one:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
+        if self.dataloader_num_workers < 0:
+            raise ValueError(f"--dataloader_num_workers must be 0 or more, got {self.dataloader_num_workers}.")
+        for name in ("learning_rate", "max_grad_norm"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"--{name} must be a positive number, got {value}.")
+        for name in ("min_learning_rate", "weight_decay_start", "weight_decay_end"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"--{name} must be a non-negative number, got {value}.")
+        for name in ("warmup_fraction", "teacher_temperature_warmup_fraction", "momentum_start"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"--{name} must lie in [0, 1], got {getattr(self, name)}.")
+        for name in ("teacher_temperature_start", "teacher_temperature_end"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name} must be positive (it divides the teacher's logits), got {getattr(self, name)}.")
+        if any(step < 1 for step in self.snapshot_steps or ()):
+            raise ValueError(f"--snapshot_steps are optimizer steps, 1 or more; got {self.snapshot_steps}.")
+        if self.overwrite_output_dir and self.model_name_or_path:
+            output_dir = Path(self.output_dir).resolve()
+            if Path(self.model_name_or_path).resolve().is_relative_to(output_dir):
+                raise ValueError(
+                    f"--model_name_or_path {self.model_name_or_path} lies in --output_dir {self.output_dir}, whose "
+                    "previous run --overwrite_output_dir deletes: write the new run to another --output_dir."
+                )
+        if self.push_to_hub and not self.hub_model_id:  # checked now, not after hours of training
+            raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/pera-vit-small-rs).")
+
+    def model_config_overrides(self) -> dict:
+        """The config settings of a new model: the recipe's, then `--config_overrides` on top."""
+        return {**RECIPES[self.recipe]["config"], **parse_config_overrides(self.config_overrides)}
+
+
+def parse_config_overrides(overrides: str | None) -> dict:
+    """'a=1,b=x,c=[1,2]' -> {'a': 1, 'b': 'x', 'c': [1, 2]} (Python literals, else strings)."""
+    settings = {}
+    for item in (overrides or "").split(","):
+        if not item.strip():
+            continue
+        key, separator, value = item.partition("=")
+        if not separator:
+            raise ValueError(f"--config_overrides entries must look like key=value, got {item!r}.")
+        try:
+            settings[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            settings[key.strip()] = value.strip()
+    return settings

@@ -1,0 +1,343 @@
+"""PerA pretraining with Accelerate, in named phases: `build_run` (model, processor, data, optimizer, schedule),
+`resume` (an intact checkpoint that continues the run exactly), `train` (the loop: step, log, save) and `finish`
+(the final export and the optional upload).
+
+`pretrain(arguments)` is the whole job; `examples/run_pretraining.py` parses flags into `PretrainingArguments` and
+calls it.
+"""
+
+import itertools
+import json
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+
+from ..configuration_pera import PeraConfig
+from ..data import check_dataset, load_pretraining_dataset, make_pretraining_dataloader, make_pretraining_dataset
+from ..hub import pretraining_card_info, push_folder_to_hub, write_model_card
+from ..image_processing_pera import PeraImageProcessor
+from ..modeling_pera import PeraForPreTraining
+from ..schedules import PretrainingSchedule, ScheduleValues
+from ..views import AlignedPairViews
+from .arguments import PretrainingArguments
+from .building import build_model, build_processor, enable_activation_checkpointing, student_parameter_groups
+from .checkpoints import (
+    CHECKPOINTS_DIRNAME, TRACKER_PROJECT, TRAINER_STATE_NAME, check_resumable, export_encoder, export_pretrained,
+    find_checkpoint, prepare_output_dir, save_checkpoint, snapshot_directory,
+)
+from .monitoring import DivergenceMonitor, TrainingLog
+
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingState:
+    """Where the run is: what a checkpoint records to resume exactly."""
+
+    completed_steps: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0  # batches of `epoch` already consumed
+
+
+@dataclass
+class Run:
+    """The parts of a pretraining run, built once by `build_run`."""
+
+    arguments: PretrainingArguments
+    accelerator: Accelerator
+    model: torch.nn.Module  # as prepared by accelerate (DDP-wrapped with several processes)
+    pera: PeraForPreTraining  # the same model, unwrapped
+    forward: torch.nn.Module  # `model`, compiled with --torch_compile
+    processor: PeraImageProcessor
+    views: AlignedPairViews
+    dataloader: torch.utils.data.DataLoader
+    optimizer: torch.optim.Optimizer
+    schedule: PretrainingSchedule
+    total_steps: int
+
+    @property
+    def config(self) -> PeraConfig:
+        return self.pera.config
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.arguments.output_dir)
+
+    def resume_settings(self) -> dict:
+        """What a checkpoint must share with this run to continue it exactly."""
+        return {
+            "num_processes": self.accelerator.num_processes,
+            "per_device_train_batch_size": self.arguments.per_device_train_batch_size,
+            "gradient_accumulation_steps": self.arguments.gradient_accumulation_steps,
+        }
+
+
+def pretrain(arguments: PretrainingArguments) -> dict:
+    """Runs PerA pretraining; returns a summary (steps, images/s, last losses, loss history)."""
+    run = build_run(arguments)
+    state = resume(run) if arguments.resume_from_checkpoint else TrainingState()
+    monitor = DivergenceMonitor(
+        run.accelerator, state.completed_steps, str(run.output_dir / CHECKPOINTS_DIRNAME),
+        accumulation=arguments.gradient_accumulation_steps,
+    )
+    summary = train(run, state, monitor)
+    finish(run, state, monitor)
+    return summary
+
+
+def build_run(arguments: PretrainingArguments) -> Run:
+    output_dir = Path(arguments.output_dir)
+    resuming = arguments.resume_from_checkpoint is not None
+    prepare_output_dir(output_dir, arguments.overwrite_output_dir, resuming, is_main_process=False)  # fail fast
+    accelerator = Accelerator(
+        gradient_accumulation_steps=arguments.gradient_accumulation_steps,
+        log_with=arguments.report_to if arguments.with_tracking else None,
+        project_dir=str(output_dir),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=arguments.seed),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(arguments.seed)
+    if accelerator.is_main_process:
+        prepare_output_dir(output_dir, arguments.overwrite_output_dir, resuming, is_main_process=True)
+    accelerator.wait_for_everyone()
+
+    model = build_model(arguments)
+    processor = build_processor(arguments, model.config)
+    if arguments.activation_checkpointing:
+        enable_activation_checkpointing(model, arguments.activation_checkpointing)
+    views = AlignedPairViews(model.config, processor, defer_photometry=arguments.photometry_on_device)
+    dataloader = build_dataloader(arguments, views, model.config)
+    optimizer = torch.optim.AdamW(
+        student_parameter_groups(model), lr=arguments.learning_rate, betas=(0.9, 0.999), eps=2e-5,
+        fused=accelerator.device.type == "cuda",
+    )
+    if arguments.streaming:
+        # A stream shards itself over processes (and workers): accelerate must not split or dispatch it again.
+        model, optimizer = accelerator.prepare(model, optimizer)
+    else:
+        model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
+    total_steps = count_steps(arguments, dataloader, accelerator.num_processes)
+    schedule = PretrainingSchedule(
+        total_steps=total_steps,
+        **{name: getattr(arguments, name) for name in (
+            "learning_rate", "min_learning_rate", "warmup_fraction", "weight_decay_start", "weight_decay_end",
+            "momentum_start", "teacher_temperature_start", "teacher_temperature_end",
+            "teacher_temperature_warmup_fraction",
+        )},
+    )
+    if arguments.with_tracking:
+        # TensorBoard's hyper-parameters take scalars and strings only
+        hyperparameters = {
+            key: ",".join(map(str, value)) if isinstance(value, list) else value
+            for key, value in asdict(arguments).items()
+            if value is not None
+        }
+        accelerator.init_trackers(TRACKER_PROJECT, hyperparameters)
+    return Run(
+        arguments=arguments, accelerator=accelerator, model=model, pera=accelerator.unwrap_model(model),
+        forward=torch.compile(model) if arguments.torch_compile else model, processor=processor, views=views,
+        dataloader=dataloader, optimizer=optimizer, schedule=schedule, total_steps=total_steps,
+    )
+
+
+def build_dataloader(arguments: PretrainingArguments, views: AlignedPairViews, config: PeraConfig):
+    source = load_pretraining_dataset(
+        dataset_name=arguments.dataset_name,
+        dataset_config_name=arguments.dataset_config_name,
+        train_dir=arguments.train_dir,
+        image_column_name=arguments.image_column_name,
+        streaming=arguments.streaming,
+    )
+    dataset = make_pretraining_dataset(
+        source, views, seed=arguments.seed, image_column_name=arguments.image_column_name,
+        min_image_size=config.patch_size,
+    )
+    check_dataset(dataset)
+    return make_pretraining_dataloader(
+        dataset, batch_size=arguments.per_device_train_batch_size, num_workers=arguments.dataloader_num_workers,
+        seed=arguments.seed,
+    )
+
+
+def count_steps(arguments: PretrainingArguments, dataloader, num_processes: int) -> int:
+    if arguments.streaming:
+        if arguments.max_train_steps is None:
+            raise ValueError("A streamed dataset has no length: give --max_train_steps with --streaming.")
+        return arguments.max_train_steps
+    steps_per_epoch = math.ceil(len(dataloader) / arguments.gradient_accumulation_steps)
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"The dataset has fewer images than one batch ({arguments.per_device_train_batch_size} per device x "
+            f"{num_processes} processes): lower --per_device_train_batch_size or add images."
+        )
+    return arguments.max_train_steps or arguments.num_train_epochs * steps_per_epoch
+
+
+def resume(run: Run) -> TrainingState:
+    """Loads the checkpoint of `--resume_from_checkpoint`: the newest intact one for 'latest'."""
+    checkpoint = find_checkpoint(run.output_dir, run.arguments.resume_from_checkpoint)
+    saved = json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
+    check_resumable(checkpoint, saved, run.resume_settings(), run.arguments.allow_inexact_resume)
+    run.accelerator.load_state(str(checkpoint))
+    state = TrainingState(saved["completed_steps"], saved["epoch"], saved["batches_in_epoch"])
+    logger.info("Resumed from %s at step %d (epoch %d, batch %d)", checkpoint, *asdict(state).values())
+    return state
+
+
+def train(run: Run, state: TrainingState, monitor: DivergenceMonitor) -> dict:
+    """The loop: one optimizer step per `accumulation` batches, then the EMA teacher, the log and the saves."""
+    arguments, accelerator = run.arguments, run.accelerator
+    log = TrainingLog(
+        accelerator, run.total_steps, state.completed_steps, arguments.logging_steps, arguments.with_tracking
+    )
+    logger.info(
+        "PerA pretraining: %d steps, global batch %d, %s, %d processes, mixed precision %s", run.total_steps,
+        arguments.per_device_train_batch_size * accelerator.num_processes * arguments.gradient_accumulation_steps,
+        accelerator.device, accelerator.num_processes, accelerator.mixed_precision,
+    )
+    # One device tensor, refilled each step: `fill_` copies nothing from the host, and a tensor (not a float that
+    # changes every step) lets a compiled forward run without recompiling.
+    teacher_temperature = torch.zeros((), device=accelerator.device)
+    run.model.train()
+    for batch in batches_from(run, state):
+        batch = log.count_batch(batch, arguments.per_device_train_batch_size * accelerator.num_processes)
+        values = run.schedule.at(state.completed_steps)
+        teacher_temperature.fill_(values.teacher_temperature)
+        outputs = training_step(run, batch, values, teacher_temperature, state)
+        monitor.record(outputs)
+        if not accelerator.sync_gradients:
+            continue
+        run.pera.update_teacher(values.momentum)
+        state.completed_steps += 1
+        log.progress.update(1)
+        if log.log_due(state.completed_steps):
+            monitor.check()
+            log.log(state.completed_steps, outputs, values)
+        save_due(run, state, monitor, log)
+        if state.completed_steps >= run.total_steps:
+            break
+    return log.finish(state.completed_steps)
+
+
+def batches_from(run: Run, state: TrainingState) -> Iterator[dict]:
+    """The batches on the training device from the run's position on, epoch after epoch; `state.epoch` and
+    `state.batches_in_epoch` follow what was yielded, and photometry deferred to the device is applied."""
+    while True:
+        run.dataloader.set_epoch(state.epoch)
+        skipped = state.batches_in_epoch
+        if not skipped:
+            epoch_batches = run.dataloader
+        elif run.arguments.streaming:
+            epoch_batches = itertools.islice(run.dataloader, skipped, None)
+        else:
+            epoch_batches = run.accelerator.skip_first_batches(run.dataloader, skipped)
+        for batch in epoch_batches:
+            state.batches_in_epoch += 1
+            batch = {name: tensor.to(run.accelerator.device, non_blocking=True) for name, tensor in batch.items()}
+            yield run.views.finish_batch(batch) if run.views.defer_photometry else batch
+        if state.batches_in_epoch == 0:
+            raise ValueError("The data yielded no batch in a whole epoch: check the dataset and the batch size.")
+        state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+
+
+def training_step(
+    run: Run, batch: dict, values: ScheduleValues, teacher_temperature: torch.Tensor, state: TrainingState
+):
+    """Forward and backward of one micro-batch; clips and steps the optimizer when gradients are synchronised."""
+    arguments, accelerator = run.arguments, run.accelerator
+    apply_schedule(run.optimizer, values)
+    accumulation = arguments.gradient_accumulation_steps
+    micro_step = state.completed_steps * accumulation + (state.batches_in_epoch - 1) % accumulation
+    with accelerator.accumulate(run.model):
+        outputs = run.forward(
+            **batch,
+            **mask_noise(run.config, batch, arguments.seed, micro_step, accelerator.process_index),
+            teacher_temperature=teacher_temperature,
+        )
+        accelerator.backward(outputs.loss)
+        if accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(
+                [p for group in run.optimizer.param_groups for p in group["params"]], arguments.max_grad_norm
+            )
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    return outputs
+
+
+def apply_schedule(optimizer: torch.optim.Optimizer, values: ScheduleValues) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = values.learning_rate
+        group["weight_decay"] = values.weight_decay if group["apply_weight_decay"] else 0.0
+
+
+def mask_noise(config: PeraConfig, batch: dict, seed: int, micro_step: int, rank: int) -> dict[str, torch.Tensor]:
+    """The mask noise of one micro-batch: a function of (seed, micro step, process), drawn on the batch's device."""
+    device = batch["student_global_pixel_values"].device
+    generator = torch.Generator(device=device).manual_seed(hash((seed, micro_step, rank)) & 0x7FFF_FFFF_FFFF_FFFF)
+    noise = {}
+    for kind in ("global", "local"):
+        pixel_values = batch.get(f"student_{kind}_pixel_values")
+        if pixel_values is not None:
+            num_crops, batch_size, _, height, width = pixel_values.shape
+            num_patches = (height // config.patch_size) * (width // config.patch_size)
+            noise[f"{kind}_noise"] = torch.rand(num_crops, batch_size, num_patches, generator=generator, device=device)
+    return noise
+
+
+def save_due(run: Run, state: TrainingState, monitor: DivergenceMonitor, log: TrainingLog) -> None:
+    """The checkpoint and snapshot due after this step, if any, once the losses and weights are checked finite."""
+    arguments, accelerator = run.arguments, run.accelerator
+    checkpointing = bool(arguments.checkpointing_steps) and state.completed_steps % arguments.checkpointing_steps == 0
+    snapshot = state.completed_steps in (arguments.snapshot_steps or ())
+    if not (checkpointing or snapshot):
+        return
+    monitor.check(run.pera)
+    log.pause()
+    accelerator.wait_for_everyone()
+    if snapshot and accelerator.is_main_process:
+        export_encoder(run.pera, run.processor, snapshot_directory(run.output_dir, state.completed_steps))
+    if checkpointing:
+        saved = {**asdict(state), **run.resume_settings()}
+        save_checkpoint(accelerator, run.output_dir, saved, arguments.checkpoints_total_limit)
+        if accelerator.is_main_process:
+            export_pretrained(run.pera, run.processor, run.output_dir)
+    log.resume()
+
+
+def finish(run: Run, state: TrainingState, monitor: DivergenceMonitor) -> None:
+    """Exports the final model (and uploads it with --push_to_hub) once the losses and weights are checked finite."""
+    arguments, accelerator = run.arguments, run.accelerator
+    monitor.check(run.pera)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        export_pretrained(run.pera, run.processor, run.output_dir)
+        if arguments.push_to_hub:
+            card_info = pretraining_card_info(
+                arguments, run.config, completed_steps=state.completed_steps, num_processes=accelerator.num_processes
+            )
+            push_encoder(run.output_dir / "encoder", arguments.hub_model_id, arguments.hub_token, card_info=card_info)
+    if arguments.with_tracking:
+        accelerator.end_training()
+
+
+def push_encoder(
+    encoder_dir: Path, hub_model_id: str | None, hub_token: str | None, card_info: dict | None = None
+) -> str:
+    """
+    Writes the model card into the exported encoder folder (weights, config, processor, code files) and uploads the
+    folder to a Hub model repository.
+
+    `card_info` holds keyword arguments of [`~modeling_pera.hub.write_model_card`] (e.g. the output of
+    [`~modeling_pera.hub.pretraining_card_info`], `probe_results`, `license`). Returns the full repository id.
+    """
+    if not hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/pera-vit-small-rs).")
+    write_model_card(encoder_dir, repo_id=hub_model_id, **(card_info or {}))
+    return push_folder_to_hub(encoder_dir, hub_model_id, token=hub_token, commit_message="Upload PerA encoder")

@@ -1,0 +1,138 @@
+"""What a pretraining run watches and reports: non-finite losses (caught on the device at every step, without a host
+sync), the progress bar, logged scalars and the run's summary."""
+
+import logging
+import time
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from ..schedules import ScheduleValues
+from .checkpoints import non_finite_tensors
+
+
+logger = logging.getLogger(__name__)
+
+LOSS_TERMS = ("loss", "dino_loss", "koleo_loss", "pixel_loss")
+LOGGED_OUTPUTS = (*LOSS_TERMS, "teacher_entropy", "center_norm")
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss or the weights became NaN or infinite; nothing from that step on was saved."""
+
+
+class DivergenceMonitor:
+    """
+    Records on the device, at every micro-batch, whether every loss so far was finite and the loss terms of the first
+    one that was not. [`check`] reads that with one host sync (and one all-gather across processes), and is
+    called before every save and at every logging step, so no non-finite weight reaches a checkpoint or an export.
+    """
+
+    def __init__(self, accelerator: Accelerator, completed_steps: int, checkpoints_dir: str, accumulation: int = 1):
+        self.accelerator = accelerator
+        self.start_step = completed_steps
+        self.accumulation = accumulation
+        self.checkpoints_dir = checkpoints_dir
+        device = accelerator.device
+        self.all_finite = torch.ones((), dtype=torch.bool, device=device)
+        self.finite_micro_batches = torch.zeros((), dtype=torch.long, device=device)
+        self.first_bad_terms = torch.zeros(len(LOSS_TERMS), device=device)
+
+    def record(self, outputs) -> None:
+        terms = torch.stack([outputs[name].detach().float() for name in LOSS_TERMS])
+        finite = torch.isfinite(terms).all()
+        self.first_bad_terms = torch.where(self.all_finite & ~finite, terms, self.first_bad_terms)
+        self.all_finite &= finite
+        self.finite_micro_batches += self.all_finite
+
+    def check(self, model: torch.nn.Module | None = None) -> None:
+        """Raises [`TrainingDivergedError`] if a loss so far (on any process) or a tensor of `model` is not finite."""
+        all_finite = self.accelerator.gather(self.all_finite.reshape(1).long()).all()  # gloo gathers no bools
+        if not all_finite:
+            finite_micro_batches = int(self.accelerator.gather(self.finite_micro_batches.reshape(1)).min())
+            step = self.start_step + finite_micro_batches // self.accumulation + 1
+            terms = dict(zip(LOSS_TERMS, self.first_bad_terms.tolist()))
+            self._fail(f"the loss became non-finite at step {step} ({terms})")
+        broken = non_finite_tensors(model) if model is not None else []
+        if broken:
+            shown = ", ".join(broken[:5]) + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
+            self._fail(f"the weights became non-finite ({shown}) although every loss so far was finite")
+
+    def _fail(self, what: str) -> None:
+        raise TrainingDivergedError(
+            f"Training stopped: {what}. Nothing from that step on was saved; the checkpoints in "
+            f"{self.checkpoints_dir} hold finite weights. Lower --learning_rate or --max_grad_norm, check the inputs "
+            "for NaN/inf, and resume with --resume_from_checkpoint latest."
+        )
+
+
+class TrainingLog:
+    """The progress bar (rate, loss), scalars every `logging_steps` (to the trackers with --with_tracking), the count
+    of replaced samples, and the run's summary."""
+
+    def __init__(
+        self, accelerator: Accelerator, total_steps: int, completed_steps: int, logging_steps: int, tracking: bool
+    ):
+        self.accelerator = accelerator
+        self.total_steps = total_steps
+        self.logging_steps = logging_steps
+        self.tracking = tracking
+        self.progress = tqdm(
+            total=total_steps, initial=completed_steps, disable=not accelerator.is_local_main_process,
+            desc="pretraining", unit="step",
+        )
+        self.summary: dict = {"images_per_second": None, "loss_history": []}
+        self.replaced_samples = torch.zeros((), dtype=torch.long, device=accelerator.device)
+        self.images_since_log, self.log_started = 0, time.perf_counter()
+        self.train_seconds, self.train_started = 0.0, time.perf_counter()
+
+    def count_batch(self, batch: dict, num_images: int) -> dict:
+        """Counts the batch's images and its replaced samples; returns the batch without the count."""
+        self.replaced_samples += batch.pop("num_replaced")
+        self.images_since_log += num_images
+        return batch
+
+    def log_due(self, completed_steps: int) -> bool:
+        return completed_steps % self.logging_steps == 0 or completed_steps == self.total_steps
+
+    def log(self, completed_steps: int, outputs, values: ScheduleValues) -> None:
+        """One host sync: the scalars of this step."""
+        scalars = {name: float(outputs[name].detach()) for name in LOGGED_OUTPUTS}
+        elapsed = time.perf_counter() - self.log_started
+        scalars.update(
+            learning_rate=values.learning_rate, weight_decay=values.weight_decay, momentum=values.momentum,
+            teacher_temperature=values.teacher_temperature, images_per_second=self.images_since_log / elapsed,
+            replaced_samples=int(self.replaced_samples),
+        )
+        self.images_since_log, self.log_started = 0, time.perf_counter()
+        self.summary.update(scalars)
+        self.summary["loss_history"].append((completed_steps, scalars["loss"]))
+        self.progress.set_postfix(
+            loss=f"{scalars['loss']:.3f}", dino=f"{scalars['dino_loss']:.3f}", pixel=f"{scalars['pixel_loss']:.3f}",
+            lr=f"{values.learning_rate:.2e}", img_s=f"{scalars['images_per_second']:.1f}",
+            replaced=scalars["replaced_samples"],
+        )
+        if self.tracking:
+            self.accelerator.log(scalars, step=completed_steps)
+
+    def pause(self) -> None:
+        """Stops the training clock (checkpoints and exports are not training time)."""
+        self.train_seconds += time.perf_counter() - self.train_started
+
+    def resume(self) -> None:
+        self.train_started = time.perf_counter()
+
+    def finish(self, completed_steps: int) -> dict:
+        self.progress.close()
+        self.pause()
+        replaced = int(self.replaced_samples)
+        if replaced:
+            logger.warning(
+                "%d samples were unusable (unreadable, too small, wrong band count or non-finite pixels) and were "
+                "replaced by the next usable ones; the log names the first of them.", replaced,
+            )
+        self.summary.update(
+            completed_steps=completed_steps, replaced_samples=replaced, train_seconds=self.train_seconds
+        )
+        return self.summary
