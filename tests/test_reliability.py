@@ -406,3 +406,13 @@ def test_webp_files_are_listed_and_files_of_other_types_are_named(tmp_path, capl
     with caplog.at_level(logging.WARNING):
         assert find_images(tmp_path) == [tmp_path / "tile.webp"]
     assert "scene.jp2" in caplog.text
+
+
+def test_replaced_samples_are_reported_without_tracking(images, tmp_path, caplog):
+    folder = tmp_path / "images"
+    shutil.copytree(images, folder)
+    (folder / "tile_00.png").write_bytes(b"not a png")  # replaced by the next usable image whenever drawn
+    with caplog.at_level(logging.WARNING):
+        summary = pretrain(arguments(folder, tmp_path / "run", max_train_steps=3))  # one epoch of 12 images
+    assert summary["replaced_samples"] == 1
+    assert "1 samples were unusable" in caplog.text
