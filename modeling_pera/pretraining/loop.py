@@ -62,6 +62,9 @@ class Run:
     schedule: PretrainingSchedule
     total_steps: int
 
+    def __post_init__(self):
+        self.trainable = [parameter for group in self.optimizer.param_groups for parameter in group["params"]]
+
     @property
     def config(self) -> PeraConfig:
         return self.pera.config
@@ -263,9 +266,7 @@ def training_step(
         )
         accelerator.backward(outputs.loss)
         if accelerator.sync_gradients:
-            accelerator.clip_grad_norm_(
-                [p for group in run.optimizer.param_groups for p in group["params"]], arguments.max_grad_norm
-            )
+            accelerator.clip_grad_norm_(run.trainable, arguments.max_grad_norm)
         run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
     return outputs
