@@ -1,5 +1,6 @@
 from setuptools import find_packages, setup
 
+
 setup(
     name="modeling_pera",
     version="0.1.0",
@@ -28,6 +29,8 @@ setup(
         "dev": [
             "pytest",
             "pytest-timeout",
+            # style: `make test` runs `ruff check` first (ruff.toml)
+            "ruff",
             # transformers' common model tests (fetched at test time) need it
             "parameterized",
             "tensorboard",

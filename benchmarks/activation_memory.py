@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 import torch
+
 from reporting import command_line, markdown_table, publish
 
 

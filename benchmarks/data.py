@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from reporting import command_line, device_name, markdown_table, median_seconds, publish
 
 
@@ -36,7 +37,7 @@ def loader_figures(arguments, mode: str, num_workers: int) -> dict:
     from modeling_pera import PeraConfig, PeraImageProcessor
     from modeling_pera.data import load_pretraining_dataset, make_pretraining_dataloader, make_pretraining_dataset
     from modeling_pera.pretraining import parse_config_overrides
-    from modeling_pera.views import AlignedPairViews
+    from modeling_pera.views import AlignedPairViews, pop_sample_counts
 
     config = PeraConfig.from_preset(arguments.model_size, **parse_config_overrides(arguments.config_overrides))
     views = AlignedPairViews(config, PeraImageProcessor.from_preset("pera-rgb"), defer_photometry=mode == "on_device")
@@ -52,7 +53,7 @@ def loader_figures(arguments, mode: str, num_workers: int) -> dict:
         started = time.perf_counter()
         batch = next(batches)
         loader_seconds += time.perf_counter() - started
-        batch.pop("num_replaced")
+        pop_sample_counts(batch)
         batch_bytes = sum(tensor.numel() * tensor.element_size() for tensor in batch.values())
         if views.defer_photometry:
             deferred_batches.append(batch)

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import torch
+
 from reporting import command_line, device_name, markdown_table, median_seconds, peak_memory_bytes, publish
 
 

@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 
 import torch
-from budgeted import DEFAULT_DATA_DIR, REPOSITORY, SETTINGS, evaluate, resolve_setting, train_dirs, train_for_budget
-from reporting import command_line, device_name, publish, save_figure
 
+from budgeted import DEFAULT_DATA_DIR, REPOSITORY, SETTINGS, evaluate, resolve_setting, train_dirs, train_for_budget
 from modeling_pera.pretraining import snapshot_directory
+from reporting import command_line, device_name, publish, save_figure
 
 
 METHODS = ("pera", "full_view", "mae")

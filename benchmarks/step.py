@@ -23,6 +23,7 @@ import subprocess
 import sys
 
 import torch
+
 from reporting import command_line, device_name, markdown_table, median_seconds, peak_memory_bytes, publish
 
 
@@ -31,12 +32,12 @@ VARIANTS = ("pera", "full_view", "mae")
 
 def build(variant: str, config, device: torch.device):
     from modeling_pera import PeraForPreTraining
-    from modeling_pera.baselines import build_mae, mae_config_from_pera
+    from modeling_pera.baselines import build_mae, mae_config_from_pera, mae_parameter_groups
     from modeling_pera.pretraining import student_parameter_groups
 
     if variant == "mae":
         model = build_mae(mae_config_from_pera(config))
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "apply_weight_decay": True}]
+        groups = [{**group, "apply_weight_decay": group.pop("weight_decay") > 0} for group in mae_parameter_groups(model)]
     else:
         config.full_views = variant == "full_view"
         model = PeraForPreTraining(config)
@@ -63,7 +64,7 @@ def real_batches(config, arguments, device: torch.device):
     """Batches from the pretraining DataLoader, moved to `device` (and finished there with --photometry_on_device)."""
     from modeling_pera import PeraImageProcessor
     from modeling_pera.data import load_pretraining_dataset, make_pretraining_dataloader, make_pretraining_dataset
-    from modeling_pera.views import AlignedPairViews
+    from modeling_pera.views import AlignedPairViews, pop_sample_counts
 
     views = AlignedPairViews(
         config, PeraImageProcessor.from_preset("pera-rgb"), defer_photometry=arguments.photometry_on_device
@@ -72,7 +73,7 @@ def real_batches(config, arguments, device: torch.device):
     loader = make_pretraining_dataloader(dataset, batch_size=arguments.batch_size, num_workers=arguments.num_workers)
     while True:
         for batch in loader:
-            batch.pop("num_replaced")
+            pop_sample_counts(batch)
             batch = {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
             yield views.finish_batch(batch) if views.defer_photometry else batch
 

@@ -27,8 +27,15 @@ import time
 from pathlib import Path
 
 import torch
+
 from budgeted import (
-    DEFAULT_DATA_DIR, REPOSITORY, evaluate, resolve_setting, steady_images_per_second, train_dirs, train_for_budget,
+    DEFAULT_DATA_DIR,
+    REPOSITORY,
+    evaluate,
+    resolve_setting,
+    steady_images_per_second,
+    train_dirs,
+    train_for_budget,
 )
 from reporting import command_line, device_name, markdown_table, publish, save_figure
 

@@ -12,12 +12,13 @@ The DINO centre is not stored in reference checkpoints: the converted model's st
 import argparse
 from pathlib import Path
 
+from modeling_pera.cli import HelpFormatter, run_cli
 from modeling_pera.conversion import NUM_HEADS_FOR_WIDTH, convert_pera_checkpoint
 from modeling_pera.image_processing_pera import PERA_PROCESSOR_PRESETS
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--checkpoint_path", type=Path, required=True, help="The reference checkpoint (torch.save).")
     parser.add_argument("--output_dir", type=Path, required=True, help="Where to write the converted model.")
     parser.add_argument(
@@ -39,7 +40,7 @@ def parse_args() -> argparse.Namespace:
         help="Allow full unpickling when the checkpoint holds more than tensors. This runs any code the file "
         "contains: only for files from a source you trust.",
     )
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def main() -> None:
@@ -61,4 +62,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

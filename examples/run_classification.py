@@ -16,15 +16,18 @@ classification head starts at random. Without `--validation_dir`, `--train_val_s
 
 from transformers import HfArgumentParser, TrainingArguments
 
+from modeling_pera.cli import HelpFormatter, run_cli
 from modeling_pera.finetuning import ClassificationArguments, finetune_classification
 
 
+def parse_args(argv: list[str] | None = None) -> tuple[ClassificationArguments, TrainingArguments]:
+    parser = HfArgumentParser((ClassificationArguments, TrainingArguments), description=__doc__, formatter_class=HelpFormatter)
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
 def main():
-    arguments, training_arguments = HfArgumentParser(
-        (ClassificationArguments, TrainingArguments)
-    ).parse_args_into_dataclasses()
-    finetune_classification(arguments, training_arguments)
+    finetune_classification(*parse_args())
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -17,6 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
+from modeling_pera.cli import HelpFormatter, run_cli
 from modeling_pera.evaluation import (
     GID_MTL5_CLASS_NAMES,
     POOLINGS,
@@ -31,8 +32,8 @@ from modeling_pera.evaluation import (
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ucmerced"
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model_name_or_path", required=True, help="Hub id or folder of the encoder and processor.")
     parser.add_argument(
         "--data_dir",
@@ -48,6 +49,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--image_size", type=int, help="Side of the square model input (default: the processor's).")
     parser.add_argument("--pooling", choices=POOLINGS, default="cls")
+    parser.add_argument(
+        "--bands",
+        type=int,
+        nargs="+",
+        help="The images' bands to encode, in the encoder's order (0-based), e.g. 0 1 2 for the RGB of RGB+NIR tiles "
+        "given to an RGB encoder; all bands by default.",
+    )
     parser.add_argument("--linear_probe", action="store_true", help="Also fit a logistic-regression probe.")
     parser.add_argument("--random_init", action="store_true", help="Use random weights of the same architecture.")
     parser.add_argument(
@@ -74,7 +82,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--compare_to", type=Path, help="An earlier --output_json of this script: print the figures side by side."
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.compare_to is not None and not args.compare_to.is_file():
         parser.error(f"--compare_to {args.compare_to}: no such file; run this script with --output_json first.")
     if args.data_dir is None and args.segmentation_dir is None:
@@ -107,6 +115,7 @@ def main() -> None:
             device=args.device,
             num_workers=args.num_workers,
             cache_path=cache_path,
+            bands=args.bands,
         )
         print(format_segmentation_summary(results["segmentation_probe"]))
     if args.output_json is not None:
@@ -135,8 +144,9 @@ def classify(args: argparse.Namespace) -> dict:
         device=args.device,
         num_workers=args.num_workers,
         cache_path=args.cache_path,
+        bands=args.bands,
     )
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

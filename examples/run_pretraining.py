@@ -9,15 +9,21 @@ All flags: `python examples/run_pretraining.py --help`; the guide: docs/training
 
 from transformers import HfArgumentParser
 
+from modeling_pera.cli import HelpFormatter, run_cli
 from modeling_pera.pretraining import PretrainingArguments, pretrain
 
 
-def main():
-    (arguments,) = HfArgumentParser(PretrainingArguments).parse_args_into_dataclasses()
+def parse_args(argv: list[str] | None = None) -> PretrainingArguments:
+    parser = HfArgumentParser(PretrainingArguments, description=__doc__, formatter_class=HelpFormatter)
+    (arguments,) = parser.parse_args_into_dataclasses(args=argv)
     if arguments.train_dir is None and arguments.dataset_name is None:
-        raise SystemExit("Give the images to pretrain on: --train_dir <folder> or --dataset_name <datasets id>.")
-    pretrain(arguments)
+        parser.error("give the images to pretrain on: --train_dir <folder> or --dataset_name <datasets id>.")
+    return arguments
+
+
+def main():
+    pretrain(parse_args())
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

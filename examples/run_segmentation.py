@@ -14,15 +14,18 @@ The data is a folder `<train_dir>/{image,mask}/<scene class>/<name>.<ext>` (GID-
 
 from transformers import HfArgumentParser, TrainingArguments
 
+from modeling_pera.cli import HelpFormatter, run_cli
 from modeling_pera.finetuning import SegmentationArguments, finetune_segmentation
 
 
+def parse_args(argv: list[str] | None = None) -> tuple[SegmentationArguments, TrainingArguments]:
+    parser = HfArgumentParser((SegmentationArguments, TrainingArguments), description=__doc__, formatter_class=HelpFormatter)
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
 def main():
-    arguments, training_arguments = HfArgumentParser(
-        (SegmentationArguments, TrainingArguments)
-    ).parse_args_into_dataclasses()
-    finetune_segmentation(arguments, training_arguments)
+    finetune_segmentation(*parse_args())
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import torch
 
+from modeling_pera.cli import HelpFormatter, run_cli
 from modeling_pera.evaluation import load_encoder
 from modeling_pera.visualization import list_image_files, visualize_features
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model_name_or_path", required=True, help="Hub id or folder of the encoder and processor.")
     parser.add_argument("--images", type=Path, nargs="+", required=True, help="The images to show.")
     parser.add_argument("--gallery_dir", type=Path, help="Folder (recursive) to retrieve nearest neighbours from.")
@@ -28,7 +29,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--image_size", type=int, help="Side of the model input (default: the processor's).")
     parser.add_argument("--dpi", type=int, default=100, help="Resolution of the PNGs.")
     parser.add_argument("--device", help="Default: cuda when available, else cpu.")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def main() -> None:
@@ -50,4 +51,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -17,10 +17,9 @@ from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_pos
 from .configuration_pera import PeraConfig
 from .data import load_pretraining_dataset, make_pretraining_dataloader, make_pretraining_dataset
 from .image_processing_pera import PeraImageProcessor
-from .schedules import PretrainingSchedule
 from .pretraining import snapshot_directory
+from .schedules import PretrainingSchedule, split_by_weight_decay
 from .views import AlignedPairViews
-
 
 
 def mae_config_from_pera(config: PeraConfig, **overrides) -> ViTMAEConfig:
@@ -83,13 +82,9 @@ def build_mae(config: ViTMAEConfig) -> ViTMAEForPreTraining:
 
 
 def mae_parameter_groups(model: ViTMAEForPreTraining) -> list[dict]:
-    """Trainable parameters: weight matrices decayed, norms, biases and tokens not (MAE's split)."""
-    decayed, not_decayed = [], []
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            (decayed if parameter.ndim >= 2 and not name.endswith(("cls_token", "mask_token")) else not_decayed).append(
-                parameter
-            )
+    """Trainable parameters: weight matrices decayed by 0.05 (MAE's value), norms, biases and tokens not (the package's
+    rule, `decays_weight`, which is MAE's split)."""
+    decayed, not_decayed = split_by_weight_decay(model)
     return [{"params": decayed, "weight_decay": 0.05}, {"params": not_decayed, "weight_decay": 0.0}]
 
 

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import re
+import signal
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from itertools import islice
@@ -27,8 +28,15 @@ import torch
 from datasets.distributed import split_dataset_by_node
 from PIL import Image
 
-from .image_processing_pera import PERA_PROCESSOR_PRESETS, SENTINEL2_L2A_BANDS
-from .raster import _TIFF_SIGNATURES, read_band_folder, read_raster
+from .image_processing_pera import SENTINEL2_L2A_BANDS
+from .raster import (
+    RasterReadError,
+    band_count_advice,
+    is_tiff,
+    read_band_folder,
+    read_raster,
+    select_bands,
+)
 from .views import AlignedPairViews, pretraining_collate
 
 
@@ -198,6 +206,9 @@ class ImageDecoder:
             Bands to read from band folders, in input order.
         min_image_size (`int`, *optional*, defaults to 16):
             Images with a side shorter than this are unusable.
+        bands (`Sequence[int]`, *optional*):
+            The decoded image's bands to keep, in order (0-based), e.g. `[0, 1, 2]` for the RGB of RGB+NIR tiles; all
+            of them by default. An image without one of these bands is unusable.
     """
 
     def __init__(
@@ -205,10 +216,12 @@ class ImageDecoder:
         num_channels: int,
         band_order: Sequence[str] = SENTINEL2_L2A_BANDS,
         min_image_size: int = _DEFAULT_MIN_IMAGE_SIZE,
+        bands: Sequence[int] | None = None,
     ) -> None:
         self.num_channels = num_channels
         self.band_order = list(band_order)
         self.min_image_size = min_image_size
+        self.bands = None if bands is None else list(bands)
 
     def __call__(self, source: Any, description: str) -> torch.Tensor:
         """Decodes `source`; `description` (a path or a row) names it in error messages."""
@@ -221,6 +234,11 @@ class ImageDecoder:
             if description not in message:  # the raster readers name the path themselves
                 message = f"cannot read {description}: {message}"
             raise UnusableSampleError(message, "unreadable") from error
+        if self.bands is not None and pixels.ndim == 3:
+            try:
+                pixels = select_bands(pixels, self.bands, description)
+            except RasterReadError as error:
+                raise UnusableSampleError(str(error), "band_count", num_bands=pixels.shape[0]) from error
         if pixels.ndim != 3 or pixels.shape[0] != self.num_channels:
             num_bands = pixels.shape[0] if pixels.ndim == 3 else None
             raise UnusableSampleError(
@@ -257,8 +275,8 @@ class ImageDecoder:
         if path.is_dir():
             return read_band_folder(path, self.band_order)
         with open(path, "rb") as file:
-            signature = file.read(4)
-        if signature in _TIFF_SIGNATURES:
+            header = file.read(4)
+        if is_tiff(header):
             return read_raster(path)
         with Image.open(path) as image:
             image.load()
@@ -268,7 +286,7 @@ class ImageDecoder:
         """A `datasets.Image(decode=False)` value: encoded bytes, or a path (local, or remote for `datasets`)."""
         data, path = value.get("bytes"), value.get("path")
         if data:
-            if data[:4] in _TIFF_SIGNATURES:
+            if is_tiff(data):
                 return _read_tiff_bytes(data)
             with Image.open(io.BytesIO(data)) as image:
                 image.load()
@@ -288,15 +306,16 @@ class ImageDecoder:
         return pixels
 
 
-def view_generator(seed: int, *keys: int) -> torch.Generator:
+def seeded_generator(seed: int, *keys: int, device: str | torch.device = "cpu") -> torch.Generator:
     """
-    A CPU generator seeded from `(seed, *keys)` (e.g. seed, epoch, index) through numpy's `SeedSequence`, so that
-    nearby keys give unrelated streams.
+    A generator on `device` seeded from `(seed, *keys)` through numpy's `SeedSequence`, so that nearby keys give
+    unrelated streams: the package's one way to make randomness a function of where a run is, e.g. (seed, epoch,
+    index) for a sample's views, (seed, epoch) for the order, (seed, micro step, rank) for the masks.
     """
     if seed < 0 or any(key < 0 for key in keys):
         raise ValueError(f"Seeds and keys must be non-negative, got {(seed, *keys)}.")
     state = np.random.SeedSequence([seed, *keys]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
+    return torch.Generator(device=device).manual_seed(int(state))
 
 
 def _check_image_column(source: datasets.Dataset | datasets.IterableDataset, image_column_name: str) -> None:
@@ -356,6 +375,8 @@ class PretrainingDataset(torch.utils.data.Dataset):
             Bands read from band folders, in input order (e.g. `config.band_names` when they are Sentinel-2 names).
         min_image_size (`int`, *optional*, defaults to 16):
             Images with a shorter side are bad samples (e.g. pass the patch size or more).
+        bands (`Sequence[int]`, *optional*):
+            The bands of each decoded image to keep, in order (see [`ImageDecoder`]); all of them by default.
         max_tries (`int`, *optional*):
             Consecutive samples tried before giving up; defaults to the whole dataset.
     """
@@ -369,6 +390,7 @@ class PretrainingDataset(torch.utils.data.Dataset):
         band_order: Sequence[str] = SENTINEL2_L2A_BANDS,
         min_image_size: int = _DEFAULT_MIN_IMAGE_SIZE,
         max_tries: int | None = None,
+        bands: Sequence[int] | None = None,
     ) -> None:
         if isinstance(source, datasets.Dataset):
             source = _prepare_image_column(source, image_column_name)
@@ -380,7 +402,7 @@ class PretrainingDataset(torch.utils.data.Dataset):
         self.views = views
         self.seed = seed
         self.image_column_name = image_column_name
-        self.decoder = ImageDecoder(views.num_channels, band_order, min_image_size)
+        self.decoder = ImageDecoder(views.num_channels, band_order, min_image_size, bands)
         self.max_tries = min(max_tries, len(source)) if max_tries is not None else len(source)
         self.epoch = 0
         self.bad_indices: set[int] = set()
@@ -404,7 +426,8 @@ class PretrainingDataset(torch.utils.data.Dataset):
         return self._sample(index)[1]
 
     def load_image(self, index: int) -> torch.Tensor:
-        """Decodes sample `index` to `(num_channels, height, width)` float32; raises [`UnusableSampleError`]."""
+        """Decodes sample `index` to `(num_channels, height, width)` (see [`ImageDecoder`]: uint8 for 8-bit images,
+        float32 otherwise); raises [`UnusableSampleError`]."""
         return self.decoder(*self._sample(index))
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict[str, torch.Tensor | int]:
@@ -422,8 +445,8 @@ class PretrainingDataset(torch.utils.data.Dataset):
                 if len(self.bad_indices) <= _NUM_LOGGED_BAD_SAMPLES:
                     logger.warning(f"Replacing a bad sample: {error}")
                 continue
-            views = self.views(image, view_generator(self.seed, epoch, index))
-            return {**views, "replaced": int(attempt > 0)}
+            views = self.views(image, seeded_generator(self.seed, epoch, index))
+            return {**views, "replaced": int(attempt > 0), "upsampled": int(self.views.upsamples(image))}
         raise RuntimeError(
             f"None of {self.max_tries} consecutive samples from {self.describe(index)} is usable"
             f"{f'; the last error: {error}' if error else ''}. Check the data with modeling_pera.data.check_dataset."
@@ -462,6 +485,8 @@ class PretrainingIterableDataset(torch.utils.data.IterableDataset):
             Bands read from band folders.
         min_image_size (`int`, *optional*, defaults to 16):
             Images with a shorter side are skipped.
+        bands (`Sequence[int]`, *optional*):
+            The bands of each decoded image to keep, in order (see [`ImageDecoder`]); all of them by default.
         max_consecutive_bad (`int`, *optional*, defaults to 1000):
             Consecutive bad examples after which the iteration stops with a `RuntimeError`.
     """
@@ -478,6 +503,7 @@ class PretrainingIterableDataset(torch.utils.data.IterableDataset):
         band_order: Sequence[str] = SENTINEL2_L2A_BANDS,
         min_image_size: int = _DEFAULT_MIN_IMAGE_SIZE,
         max_consecutive_bad: int = 1000,
+        bands: Sequence[int] | None = None,
     ) -> None:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.rank = rank if rank is not None else (torch.distributed.get_rank() if distributed else 0)
@@ -496,7 +522,7 @@ class PretrainingIterableDataset(torch.utils.data.IterableDataset):
         self.views = views
         self.seed = seed
         self.image_column_name = image_column_name
-        self.decoder = ImageDecoder(views.num_channels, band_order, min_image_size)
+        self.decoder = ImageDecoder(views.num_channels, band_order, min_image_size, bands)
         self.max_consecutive_bad = max_consecutive_bad
         # In shared memory, so that `set_epoch` in the main process reaches persistent DataLoader workers.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
@@ -533,8 +559,8 @@ class PretrainingIterableDataset(torch.utils.data.IterableDataset):
                         "with modeling_pera.data.check_dataset."
                     ) from error
                 continue
-            views = self.views(image, view_generator(self.seed, epoch, self.rank, worker, position))
-            yield {**views, "replaced": num_skipped}
+            views = self.views(image, seeded_generator(self.seed, epoch, self.rank, worker, position))
+            yield {**views, "replaced": num_skipped, "upsampled": int(self.views.upsamples(image))}
             num_skipped = 0
         if num_skipped:  # no sample left to carry the count into a batch
             logger.warning(f"Skipped {num_skipped} bad samples at the end of the stream of rank {self.rank}.")
@@ -582,6 +608,18 @@ def _pixel_range_mismatch(views: AlignedPairViews, decoded: list[tuple[str, torc
     return None
 
 
+def _report_small_images(views: AlignedPairViews, decoded: list[tuple[str, Any]]) -> None:
+    small = [(description, pixels.shape) for description, pixels in decoded if views.upsamples(pixels)]
+    if small:
+        description, shape = small[0]
+        logger.warning(
+            f"{len(small)} of the {len(decoded)} checked images are smaller than the {views.global_crop_size} px global "
+            f"crops (e.g. {description}, {shape[-2]}x{shape[-1]} px): their crops are upsampled. Train at a smaller "
+            "size (--config_overrides image_size=...,local_crop_size=...) or on larger images to avoid it; training "
+            "counts them as `upsampled`."
+        )
+
+
 def check_dataset(
     dataset: PretrainingDataset | PretrainingIterableDataset, num_checked: int = 16, max_bad_fraction: float = 0.5
 ) -> int:
@@ -615,6 +653,7 @@ def check_dataset(
             "Convert the images to 8-bit, or pretrain with statistics made for their range (--processor_preset, e.g. "
             "sentinel2-l2a for Sentinel-2 digital numbers)."
         )
+    _report_small_images(dataset.views, decoded)
     errors = [error for _, _, error in results if error is not None]
     num_usable = len(results) - len(errors)
     if not errors:
@@ -626,15 +665,11 @@ def check_dataset(
     if band_count_errors:
         found = Counter(error.num_bands for error in band_count_errors)
         most_common = found.most_common(1)[0][0]
-        presets = [name for name, preset in PERA_PROCESSOR_PRESETS.items() if preset["num_channels"] == most_common]
-        preset_hint = f" (e.g. the processor preset {presets[0]!r})" if presets else ""
+        advice = band_count_advice(most_common, expected) if most_common else "keep only images with the model's bands"
         lines.append(
             f"{len(band_count_errors)} have a band count the model cannot use: found "
             f"{', '.join(f'{bands} bands ({count} samples)' for bands, count in found.items())}, the model expects "
-            f"{expected} "
-            f"(e.g. {band_count_errors[0]}). To train on these images, give the model their band count, e.g. "
-            f"`--config_overrides num_channels={most_common}`, with an image processor for those bands{preset_hint}; "
-            "or keep only images with the model's bands."
+            f"{expected} (e.g. {band_count_errors[0]}). To train on these images: {advice}."
         )
     for reason, summary in (
         ("unreadable", "are unreadable (empty, truncated, corrupt or not images)"),
@@ -766,12 +801,19 @@ class PretrainingSampler(torch.utils.data.Sampler):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         if self.shuffle:
-            order = torch.randperm(self.num_samples, generator=view_generator(self.seed, self.epoch))
+            order = torch.randperm(self.num_samples, generator=seeded_generator(self.seed, self.epoch))
         else:
             order = torch.arange(self.num_samples)
         order = order[self.rank : len(self) * self.num_replicas : self.num_replicas]
         for index in order.tolist():
             yield self.epoch, index
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """Workers leave Ctrl-C and SIGTERM to the training process, which stops after its step and saves a checkpoint
+    (a terminal sends Ctrl-C to every process of the group; a worker would otherwise exit under the loop's feet)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class PretrainingDataLoader(torch.utils.data.DataLoader):
@@ -840,6 +882,7 @@ def make_pretraining_dataloader(
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         drop_last=drop_last,
         persistent_workers=num_workers > 0,
+        worker_init_fn=ignore_stop_signals,
         # Starting workers draws their base seed from this generator instead of the global RNG, so the global RNG
         # (dropout, drop path) is the same whether a run starts the loader before or after restoring a checkpoint.
         generator=torch.Generator().manual_seed(seed),
@@ -859,5 +902,5 @@ __all__ = [
     "load_pretraining_dataset",
     "make_pretraining_dataloader",
     "make_pretraining_dataset",
-    "view_generator",
+    "seeded_generator",
 ]

@@ -4,7 +4,7 @@ segmentation with transformers' `UperNetForSemanticSegmentation` on a [`PeraBack
 
 This module holds the data loading and augmentation, the layer-wise learning-rate decay, the metrics and the two jobs
 (`finetune_classification`, `finetune_segmentation`); `examples/run_classification.py` and
-`examples/run_segmentation.py` only parse flags. It is part of the installed package, not of the Hub code files.
+`examples/run_segmentation.py` parse the flags into these jobs' arguments and call them. It is part of the installed package, not of the Hub code files.
 
 Metrics are computed by hand (see [`~modeling_pera.evaluation.classification_report`] and
 [`~modeling_pera.evaluation.segmentation_report`]): `evaluate.load(...)` downloads the metric scripts and fails
@@ -33,25 +33,31 @@ from transformers import (
     UperNetForSemanticSegmentation,
 )
 
+from .configuration_pera import PeraConfig
 from .evaluation import (
     ImageFolder,
     SegmentationFolder,
-    _processor_kwargs,
     classification_report,
     preprocess_image_file,
+    processor_size_kwargs,
     read_mask,
     segmentation_confusion_matrix,
     segmentation_report,
     stratified_split,
 )
-from .configuration_pera import PeraConfig
 from .modeling_pera import PeraBackbone
-from .pretraining import NO_DECAY_NAMES, parse_config_overrides
+from .pretraining import parse_config_overrides
 from .raster import read_raster
+from .schedules import decays_weight
 from .views import AlignedPairViews
 
 
 logger = logging.getLogger(__name__)
+
+# The defaults of the segmentation job and of `upernet_for_pera`: GID-MTL5's mask value of unlabelled pixels, and
+# a decoder width for ViT-Tiny/Small encoders (UperNet's own 512 is made for ConvNeXt/Swin pyramids).
+UNLABELLED_MASK_VALUE = 0
+UPERNET_HIDDEN_SIZE = 256
 
 # Transformer blocks are named `...layers.<i>.` (PerA) or `...layer.<i>.` (ViT, DINOv2) in the parameter names.
 LAYER_INDEX_PATTERN = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
@@ -81,7 +87,6 @@ def layer_decay_parameter_groups(
     learning_rate: float,
     weight_decay: float,
     layer_decay: float,
-    decay_parameter_names: Sequence[str],
     num_layers: int | None = None,
 ) -> list[dict[str, Any]]:
     """
@@ -96,13 +101,10 @@ def layer_decay_parameter_groups(
         learning_rate (`float`):
             Learning rate of the top (head) group.
         weight_decay (`float`):
-            Weight decay of the parameters in `decay_parameter_names`; the others, and the CLS, mask and position
-            embeddings (`NO_DECAY_NAMES`), get none.
+            Weight decay of the weight matrices and kernels; biases, norms and the CLS, mask and position embeddings
+            get none (the package's rule, [`~schedules.decays_weight`]).
         layer_decay (`float`):
             The factor per block, in (0, 1].
-        decay_parameter_names (`Sequence[str]`):
-            Names of the parameters to decay, e.g. `Trainer.get_decay_parameter_names(model)` (biases and norms
-            excluded).
         num_layers (`int`, *optional*):
             Number of blocks; defaults to `num_hidden_layers` of the model's config or of its `backbone_config`.
 
@@ -115,13 +117,12 @@ def layer_decay_parameter_groups(
     if num_layers is None:
         config = getattr(model.config, "backbone_config", None) or model.config
         num_layers = config.num_hidden_layers
-    decay_parameter_names = set(decay_parameter_names)
     groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
         depth = parameter_depth(name, num_layers)
-        decayed = name in decay_parameter_names and name.rsplit(".", 1)[-1] not in NO_DECAY_NAMES
+        decayed = decays_weight(name, parameter)
         group = groups.setdefault(
             (depth, decayed),
             {
@@ -154,7 +155,6 @@ class LayerDecayTrainer(Trainer):
             self.args.learning_rate,
             self.args.weight_decay,
             self.layer_decay,
-            self.get_decay_parameter_names(model),
         )
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
         self.optimizer = optimizer_cls(parameter_groups, **optimizer_kwargs)
@@ -252,7 +252,7 @@ class SegmentationFiles(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         pixel_values = preprocess_image_file(
-            self.image_paths[index], self.processor, **_processor_kwargs(self.processor, self.image_size)
+            self.image_paths[index], self.processor, **processor_size_kwargs(self.processor, self.image_size)
         )
         mask = torch.from_numpy(read_mask(self.mask_paths[index]).astype(np.int64))
         mask = F.interpolate(mask[None, None].float(), size=pixel_values.shape[-2:], mode="nearest-exact")[0, 0]
@@ -363,12 +363,16 @@ class SegmentationArguments(FinetuningArguments):
             "for GID-MTL5 (default: the values)."
         },
     )
-    ignore_index: int = field(default=0, metadata={"help": "The mask value of unlabelled pixels."})
+    ignore_index: int = field(
+        default=UNLABELLED_MASK_VALUE, metadata={"help": "The mask value of unlabelled pixels (GID-MTL5's is 0)."}
+    )
     out_indices: list[int] | None = field(
         default=None,
         metadata={"help": "The encoder stages UperNet reads (default: 4 evenly spaced, the last included)."},
     )
-    decoder_hidden_size: int = field(default=256, metadata={"help": "Channels of the UperNet decoder."})
+    decoder_hidden_size: int = field(
+        default=UPERNET_HIDDEN_SIZE, metadata={"help": "Channels of the UperNet decoder."}
+    )
 
 
 def _image_size(processor: Any, image_size: int | None) -> int:
@@ -455,7 +459,7 @@ def finetune_classification(
         train_paths, train_labels, RandomResizedCropTransform(processor, image_size, (arguments.crop_scale_min, 1.0))
     )
     eval_transform = functools.partial(
-        preprocess_image_file, processor=processor, **_processor_kwargs(processor, image_size)
+        preprocess_image_file, processor=processor, **processor_size_kwargs(processor, image_size)
     )
     eval_dataset = ImageClassificationFiles(eval_paths, eval_labels, eval_transform)
     logger.info(
@@ -478,8 +482,8 @@ def upernet_for_pera(
     model_name_or_path: str | os.PathLike,
     class_names: Sequence[str],
     out_indices: Sequence[int] | None = None,
-    ignore_index: int = 255,
-    decoder_hidden_size: int = 512,
+    ignore_index: int = UNLABELLED_MASK_VALUE,
+    decoder_hidden_size: int = UPERNET_HIDDEN_SIZE,
     **config_overrides,
 ) -> UperNetForSemanticSegmentation:
     """
@@ -498,9 +502,9 @@ def upernet_for_pera(
         out_indices (`Sequence[int]`, *optional*):
             Encoder stages fed to the decoder (0 is the embeddings); defaults to 4 evenly spaced blocks ending with
             the last, e.g. `[3, 6, 9, 12]`. The auxiliary head reads the third one; with fewer than 3 there is none.
-        ignore_index (`int`, *optional*, defaults to 255):
-            Label left out of the loss.
-        decoder_hidden_size (`int`, *optional*, defaults to 512):
+        ignore_index (`int`, *optional*, defaults to 0):
+            Label left out of the loss (GID-MTL5's "undefined"; 255 in many other datasets).
+        decoder_hidden_size (`int`, *optional*, defaults to 256):
             Channels of the UperNet decoder (`UperNetConfig.hidden_size`).
         config_overrides:
             Encoder config settings, e.g. `drop_path_rate=0.1`.

@@ -10,6 +10,7 @@ folder.
 
 import math
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,72 @@ patch_features = outputs.last_hidden_state[:, 1:]  # (1, {num_patches}, {config.
 ```"""
 
 
+def _introduction(config: PeraConfig) -> str:
+    if "PeraForPreTraining" in (config.architectures or []):
+        contents = (
+            "This repository holds the full pretraining checkpoint (student, EMA teacher, heads); `AutoModel` loads "
+            "its teacher encoder, the network to use downstream."
+        )
+    else:
+        contents = "This repository holds the teacher encoder, the network to use downstream."
+    return (
+        f"A [PerA]({PAPER_URL}) encoder for remote-sensing images, for 🤗 transformers. PerA (\"perfectly aligned "
+        "sample pairs\") is a self-supervised, DINO-style self-distillation method: each student/teacher pair is one "
+        "crop with two photometric views, whose patches are split into disjoint random sets (here the student sees "
+        f"{config.student_ratio:.0%}, the teacher {config.teacher_ratio:.0%}, and the student predicts the pixels of "
+        "the rest from mask tokens). "
+        + contents
+        + " Its CLS token and patch tokens are general-purpose image features (k-NN and linear probes, segmentation "
+        "and detection heads, fine-tuning)."
+    )
+
+
+def _architecture_table(config: PeraConfig, num_parameters: int) -> str:
+    return _markdown_table(
+        ("", ""),
+        [
+            (
+                "architecture",
+                f"ViT (pre-norm, CLS token, learned position embeddings), {_format_count(num_parameters)} parameters",
+            ),
+            (
+                "width / depth / heads",
+                f"{config.hidden_size} / {config.num_hidden_layers} / {config.num_attention_heads}",
+            ),
+            ("patch size", f"{config.patch_size} px"),
+            ("input", f"{config.num_channels} bands, {config.image_size} x {config.image_size} px (other sizes work)"),
+            ("position embeddings at other sizes", f'bicubic, "{config.position_embedding_interpolation}" rule'),
+        ],
+    )
+
+
+def _bands_section(config: PeraConfig, processor: PeraImageProcessor) -> str:
+    """The bands with their statistics, and what the processor does to the pixels."""
+    band_names = processor.band_names or config.band_names
+    wavelengths = processor.wavelengths or config.wavelengths
+    band_rows = [
+        (
+            index + 1,
+            name,
+            f"{wavelengths[index]:g}" if wavelengths else "-",
+            f"{processor.image_mean[index]:g}",
+            f"{processor.image_std[index]:g}",
+        )
+        for index, name in enumerate(band_names)
+    ]
+    bands = _markdown_table(("#", "band", "wavelength (µm)", "mean", "std"), band_rows)
+    size = processor.size
+    steps = [f"subtracts {processor.offset:g}"] if processor.offset else []
+    if processor.do_rescale:
+        steps.append(f"multiplies by {_format_factor(processor.rescale_factor)}")
+    if processor.do_resize:
+        steps.append(f"resizes to {size['height']} x {size['width']} px")
+    steps.append("normalises each band with the mean and standard deviation above")
+    if len(steps) > 1:
+        steps[-2:] = [f"{steps[-2]} and {steps[-1]}"]
+    return f"{bands}\n\nThe image processor {', '.join(steps)}."
+
+
 def write_model_card(
     folder: str | os.PathLike,
     repo_id: str | None = None,
@@ -146,67 +213,11 @@ def write_model_card(
         datasets=datasets,
     )
 
-    if "PeraForPreTraining" in (config.architectures or []):
-        contents = (
-            "This repository holds the full pretraining checkpoint (student, EMA teacher, heads); `AutoModel` loads "
-            "its teacher encoder, the network to use downstream."
-        )
-    else:
-        contents = "This repository holds the teacher encoder, the network to use downstream."
-    num_parameters = _count_encoder_parameters(folder)
-    architecture = _markdown_table(
-        ("", ""),
-        [
-            (
-                "architecture",
-                f"ViT (pre-norm, CLS token, learned position embeddings), {_format_count(num_parameters)} parameters",
-            ),
-            (
-                "width / depth / heads",
-                f"{config.hidden_size} / {config.num_hidden_layers} / {config.num_attention_heads}",
-            ),
-            ("patch size", f"{config.patch_size} px"),
-            ("input", f"{config.num_channels} bands, {config.image_size} x {config.image_size} px (other sizes work)"),
-            ("position embeddings at other sizes", f'bicubic, "{config.position_embedding_interpolation}" rule'),
-        ],
-    )
-
-    band_names = processor.band_names or config.band_names
-    wavelengths = processor.wavelengths or config.wavelengths
-    band_rows = [
-        (
-            index + 1,
-            name,
-            f"{wavelengths[index]:g}" if wavelengths else "-",
-            f"{processor.image_mean[index]:g}",
-            f"{processor.image_std[index]:g}",
-        )
-        for index, name in enumerate(band_names)
-    ]
-    bands = _markdown_table(("#", "band", "wavelength (µm)", "mean", "std"), band_rows)
-    size = processor.size
-    steps = [f"subtracts {processor.offset:g}"] if processor.offset else []
-    if processor.do_rescale:
-        steps.append(f"multiplies by {_format_factor(processor.rescale_factor)}")
-    if processor.do_resize:
-        steps.append(f"resizes to {size['height']} x {size['width']} px")
-    steps.append("normalises each band with the mean and standard deviation above")
-    if len(steps) > 1:
-        steps[-2:] = [f"{steps[-2]} and {steps[-1]}"]
-    preprocessing = f"The image processor {', '.join(steps)}."
-
     sections = [
         f"# {model_name}",
-        f"A [PerA]({PAPER_URL}) encoder for remote-sensing images, for 🤗 transformers. PerA (\"perfectly aligned "
-        "sample pairs\") is a self-supervised, DINO-style self-distillation method: each student/teacher pair is one "
-        "crop with two photometric views, whose patches are split into disjoint random sets (here the student sees "
-        f"{config.student_ratio:.0%}, the teacher {config.teacher_ratio:.0%}, and the student predicts the pixels of "
-        "the rest from mask tokens). "
-        + contents
-        + " Its CLS token and patch tokens are general-purpose image features (k-NN and linear probes, segmentation "
-        "and detection heads, fine-tuning).",
-        "## Model\n\n" + architecture,
-        "## Bands and input statistics\n\n" + bands + "\n\n" + preprocessing,
+        _introduction(config),
+        "## Model\n\n" + _architecture_table(config, _count_encoder_parameters(folder)),
+        "## Bands and input statistics\n\n" + _bands_section(config, processor),
     ]
     if training:
         sections.append("## Training data and schedule\n\n" + _markdown_table(("", ""), list(training.items())))
@@ -294,6 +305,46 @@ def pretraining_card_info(
     return info
 
 
+class HubAccessError(OSError):
+    """A push to the Hub that cannot work (no token, no network, no write access) or that failed."""
+
+
+def push_command(folder: str | os.PathLike, repo_id: str) -> str:
+    """The command that uploads a saved folder alone (`examples/push_to_hub.py`)."""
+    return shlex.join(["python", "examples/push_to_hub.py", "--model_dir", str(folder), "--hub_model_id", repo_id])
+
+
+def check_hub_access(repo_id: str, token: str | None = None) -> str:
+    """
+    Checks that a push to `repo_id` can work before the work that produces it: a token is found, the Hub answers, and
+    the token may write to the repository's namespace. Raises [`HubAccessError`] saying what to do; returns the user.
+    """
+    try:
+        identity = HfApi(token=token).whoami()
+    except Exception as error:
+        raise HubAccessError(
+            f"--push_to_hub needs the Hub and a token, and the check failed ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else 'no details'}). Log in with `hf auth login` (or give "
+            "--hub_token) on a machine that reaches huggingface.co; or run without --push_to_hub and upload the "
+            f"saved encoder afterwards: {push_command('<output_dir>/encoder', repo_id)}"
+        ) from error
+    user = identity.get("name", "")
+    namespaces = {user, *(organisation.get("name") for organisation in identity.get("orgs", []))}
+    namespace = repo_id.split("/")[0] if "/" in repo_id else user
+    if namespace not in namespaces:
+        raise HubAccessError(
+            f"The Hub token belongs to {user!r}, who cannot write to {repo_id!r} (namespaces: {sorted(namespaces)}): "
+            "give --hub_model_id in one of them, or a token of that namespace with --hub_token."
+        )
+    role = identity.get("auth", {}).get("accessToken", {}).get("role")
+    if role == "read":
+        raise HubAccessError(
+            "The Hub token is read-only: create one with write access (huggingface.co/settings/tokens) and log in "
+            "with it (`hf auth login`), or give it with --hub_token."
+        )
+    return user
+
+
 def push_folder_to_hub(
     folder: str | os.PathLike,
     repo_id: str,
@@ -318,20 +369,33 @@ def push_folder_to_hub(
 
     Returns:
         `str`: the full id of the repository.
+
+    Raises:
+        [`HubAccessError`]: when the upload fails, with the command that retries it.
     """
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise ValueError(f"{folder} holds no config.json: save the model there with `save_pretrained` first.")
     api = HfApi(token=token)
-    repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
-    api.upload_folder(repo_id=repo_url.repo_id, folder_path=folder, commit_message=commit_message)
+    try:
+        repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(repo_id=repo_url.repo_id, folder_path=folder, commit_message=commit_message)
+    except Exception as error:  # the Hub client raises many types (HTTP, connection, authentication)
+        raise HubAccessError(
+            f"The upload of {folder} to {repo_id} failed ({type(error).__name__}: {error}). The folder is saved as "
+            f"it is; retry the upload alone (after `hf auth login`, on a machine that reaches huggingface.co):\n"
+            f"  {push_command(folder, repo_id)}"
+        ) from error
     return repo_url.repo_id
 
 
 __all__ = [
+    "HubAccessError",
     "MODEL_CARD_TAGS",
+    "check_hub_access",
     "pretraining_card_info",
     "probe_results_from_evaluation",
+    "push_command",
     "push_folder_to_hub",
     "write_model_card",
 ]

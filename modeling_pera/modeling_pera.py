@@ -14,7 +14,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
@@ -609,6 +608,7 @@ class PeraForPreTraining(PeraPreTrainedModel):
         self.student = PeraModel(config)
         self.student_dino_head = PeraHead(config, config.num_prototypes)
         self.pixel_head = PeraHead(config, config.patch_size**2 * config.num_channels)
+        # The teacher, under the base_model_prefix: what `AutoModel.from_pretrained` loads from a pretraining checkpoint
         self.pera = PeraModel(config)
         self.teacher_dino_head = PeraHead(config, config.num_prototypes)
         self.register_buffer("center", torch.zeros(1, config.num_prototypes))
@@ -617,7 +617,7 @@ class PeraForPreTraining(PeraPreTrainedModel):
 
     def _freeze_untrained_parameters(self) -> None:
         """The teacher only ever changes by `update_teacher`."""
-        self.pera.requires_grad_(False)
+        self.teacher.requires_grad_(False)
         self.teacher_dino_head.requires_grad_(False)
 
     @property
@@ -628,14 +628,14 @@ class PeraForPreTraining(PeraPreTrainedModel):
     def train(self, mode: bool = True) -> "PeraForPreTraining":
         super().train(mode)
         # The teacher never drops paths or units.
-        self.pera.eval()
+        self.teacher.eval()
         self.teacher_dino_head.eval()
         return self
 
     def _paired_parameters(self, with_mask_token: bool) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """Matching lists of teacher and student parameters: backbone and DINO head."""
         teacher, student = [], []
-        for teacher_module, student_module in ((self.pera, self.student), (self.teacher_dino_head, self.student_dino_head)):
+        for teacher_module, student_module in ((self.teacher, self.student), (self.teacher_dino_head, self.student_dino_head)):
             student_parameters = dict(student_module.named_parameters())
             for name, parameter in teacher_module.named_parameters():
                 if with_mask_token or name != "embeddings.mask_token":
@@ -654,7 +654,7 @@ class PeraForPreTraining(PeraPreTrainedModel):
             raise ValueError(f"The teacher's EMA momentum must lie in [0, 1], got {momentum}.")
         teacher, student = self._paired_parameters(with_mask_token=False)
         torch._foreach_lerp_(teacher, student, 1.0 - momentum)
-        self.pera.embeddings.mask_token.copy_(self.student.embeddings.mask_token)
+        self.teacher.embeddings.mask_token.copy_(self.student.embeddings.mask_token)
 
     @torch.no_grad()
     def _update_center(self, teacher_logits: torch.Tensor) -> None:
@@ -750,7 +750,7 @@ class PeraForPreTraining(PeraPreTrainedModel):
         # Teacher: CLS + T of every crop. Crop sizes differ, so global and local crops are separate sequences.
         with torch.no_grad():
             teacher_cls = [
-                self.pera(teacher_view.flatten(0, 1), visible_patch_index=teacher_index.flatten(0, 1)).pooler_output
+                self.teacher(teacher_view.flatten(0, 1), visible_patch_index=teacher_index.flatten(0, 1)).pooler_output
                 for _, teacher_view, _, teacher_index in crops
             ]
             teacher_logits = self.teacher_dino_head(torch.cat(teacher_cls))

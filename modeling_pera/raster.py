@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .image_processing_pera import SENTINEL2_L2A_BANDS
+from .image_processing_pera import PERA_PROCESSOR_PRESETS, SENTINEL2_L2A_BANDS
 
 
 # First bytes of classic and BigTIFF files, little- and big-endian.
@@ -38,6 +38,11 @@ _TORCH_MODE_FOR_RESAMPLE = {"nearest": "nearest-exact", "bilinear": "bilinear", 
 
 class RasterReadError(ValueError):
     """Raised when a raster file is empty, truncated, corrupt or laid out in a way this module does not read."""
+
+
+def is_tiff(header: bytes) -> bool:
+    """Whether a file starting with `header` (its first 4 bytes or more) is a TIFF/BigTIFF, whatever its name."""
+    return header[:4] in _TIFF_SIGNATURES
 
 
 def read_raster(path: str | os.PathLike) -> np.ndarray:
@@ -68,8 +73,8 @@ def read_raster(path: str | os.PathLike) -> np.ndarray:
     if path.stat().st_size == 0:
         raise RasterReadError(f"Cannot read {path}: the file is empty (0 bytes).")
     with open(path, "rb") as file:
-        signature = file.read(4)
-    if signature in _TIFF_SIGNATURES:
+        header = file.read(4)
+    if is_tiff(header):
         return _read_tiff(path)
     return _read_with_pil(path)
 
@@ -220,4 +225,41 @@ def _resample(band: torch.Tensor, size: tuple[int, int], resample: str) -> torch
     return F.interpolate(band.unsqueeze(0), size=size, mode=mode, **interpolate_kwargs).squeeze(0)
 
 
-__all__ = ["RasterReadError", "read_band_folder", "read_raster"]
+def select_bands(pixels: np.ndarray, bands: Sequence[int] | None, description: str) -> np.ndarray:
+    """
+    The bands `bands` (0-based indices, in the order given) of a `(bands, height, width)` array; all of them when
+    `bands` is None. Raises a [`RasterReadError`] naming `description` when an index is out of range.
+    """
+    if bands is None:
+        return pixels
+    missing = [band for band in bands if not -pixels.shape[0] <= band < pixels.shape[0]]
+    if missing:
+        raise RasterReadError(
+            f"{description} has {pixels.shape[0]} bands (indices 0-{pixels.shape[0] - 1}); --bands asks for {missing}."
+        )
+    return pixels[list(bands)]
+
+
+def band_count_advice(found: int, expected: int, pretraining: bool = True) -> str:
+    """What to do when images have `found` bands and a model takes `expected`: select bands for a pretrained encoder
+    and, in `pretraining`, give a new model the images' band count."""
+    advice = []
+    if found > expected:
+        first = " ".join(str(band) for band in range(expected))
+        advice.append(
+            f"to use a pretrained {expected}-band encoder, select {expected} of the {found} bands, in the encoder's "
+            f"order, with --bands (e.g. --bands {first} for the first {expected})"
+        )
+    elif not pretraining:
+        advice.append(f"use an encoder pretrained on {found}-band images: this one needs {expected} bands")
+    if pretraining:
+        presets = [name for name, preset in PERA_PROCESSOR_PRESETS.items() if preset["num_channels"] == found]
+        preset = f" {presets[0]}" if presets else ""
+        advice.append(
+            f"to pretrain a new model on all {found} bands, give it that band count (--config_overrides "
+            f"num_channels={found}) with band statistics for them (--processor_preset{preset})"
+        )
+    return "; or ".join(advice)
+
+
+__all__ = ["RasterReadError", "band_count_advice", "is_tiff", "read_band_folder", "read_raster", "select_bands"]

@@ -1,4 +1,5 @@
-"""Per-step schedules of PerA pretraining: learning rate, weight decay, EMA momentum and teacher temperature.
+"""Per-step schedules of PerA pretraining: learning rate, weight decay, EMA momentum and teacher temperature; and the
+package's one rule for which parameters weight decay applies to.
 
 Every value is a pure function of the completed step, so a resumed run continues exactly where it stopped. The
 warm-ups are fractions of the whole run: the reference's 20 (lr) and 30 (teacher temperature) of 200 epochs are
@@ -7,6 +8,27 @@ warm-ups are fractions of the whole run: the reference's 20 (lr) and 30 (teacher
 
 import math
 from dataclasses import dataclass
+
+import torch
+
+
+# Parameters that are not weight matrices: decaying them pulls tokens, positions, scales and offsets to zero.
+NO_DECAY_NAMES = ("cls_token", "mask_token", "position_embeddings", "weight_g")
+
+
+def decays_weight(name: str, parameter: torch.Tensor) -> bool:
+    """The package's one weight-decay rule (pretraining, fine-tuning, the MAE baseline): weight matrices and
+    convolution kernels decay; biases, norms, tokens, position embeddings and weight-norm scales do not."""
+    return parameter.ndim >= 2 and not name.endswith(NO_DECAY_NAMES)
+
+
+def split_by_weight_decay(model: torch.nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The trainable parameters of `model`, as (decayed, not decayed) by [`decays_weight`]."""
+    decayed, not_decayed = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (decayed if decays_weight(name, parameter) else not_decayed).append(parameter)
+    return decayed, not_decayed
 
 
 def cosine_decay(progress: float, start: float, end: float) -> float:

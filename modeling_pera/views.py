@@ -299,6 +299,11 @@ class AlignedPairViews:
         """Number of bands every image must have (one mean and std per band)."""
         return self.image_mean.numel()
 
+    def upsamples(self, image: torch.Tensor) -> bool:
+        """Whether every global crop of `image` (bands, height, width) is an enlargement: its shorter side is below the
+        global crop size."""
+        return min(image.shape[-2:]) < self.global_crop_size
+
     @property
     def rgb(self) -> bool:
         """Whether the images are taken as RGB (torchvision's photometric operations) rather than other bands."""
@@ -505,6 +510,16 @@ class AlignedPairViews:
         return (views - mean) / std
 
 
+# Per-sample counts that the batch carries as totals (`num_<name>`) instead of stacking them.
+SAMPLE_COUNTS = ("replaced", "upsampled")
+
+
+def pop_sample_counts(batch: dict) -> dict[str, torch.Tensor]:
+    """Removes the per-batch totals of `SAMPLE_COUNTS` from a collated batch (the model takes only pixels); returns
+    them by name."""
+    return {name: batch.pop(f"num_{name}") for name in SAMPLE_COUNTS if f"num_{name}" in batch}
+
+
 def pretraining_collate(samples: Sequence[dict]) -> dict[str, torch.Tensor]:
     """
     Batches the outputs of [`AlignedPairViews`] crop-major, as [`PeraForPreTraining.forward`] takes them.
@@ -512,15 +527,17 @@ def pretraining_collate(samples: Sequence[dict]) -> dict[str, torch.Tensor]:
     Args:
         samples (`Sequence[dict]`):
             One dict per image with `student_global`, `teacher_global`, `student_local` and `teacher_local` views (or,
-            with `defer_photometry`, crops and photometry rows), and optionally `replaced`: how many bad samples this
-            one stands in for (see `modeling_pera.data`).
+            with `defer_photometry`, crops and photometry rows), and optionally the counts of `SAMPLE_COUNTS`:
+            `replaced`, how many bad samples this one stands in for (see `modeling_pera.data`), and `upsampled`,
+            whether its image is smaller than the global crops.
 
     Returns:
         `dict[str, torch.Tensor]`: `student_global_pixel_values` and `teacher_global_pixel_values` of shape
         `(num_global_crops, batch_size, channels, height, width)`, `student_local_pixel_values` and
         `teacher_local_pixel_values` of shape `(num_local_crops, batch_size, channels, local_height, local_width)`
-        (left out when there are no local crops, which the model then skips), and `num_replaced`, an int64 scalar
-        tensor: the number of bad samples replaced or skipped to make this batch. Pop it before calling the model.
+        (left out when there are no local crops, which the model then skips), and `num_replaced` and
+        `num_upsampled`, int64 scalar tensors: the number of bad samples replaced or skipped to make this batch, and
+        of its images smaller than the global crops. Pop them before calling the model.
         Deferred crops and photometry rows are stacked the same way, under their own names (see
         [`AlignedPairViews.finish_batch`]).
     """
@@ -528,13 +545,14 @@ def pretraining_collate(samples: Sequence[dict]) -> dict[str, torch.Tensor]:
         raise ValueError("Cannot collate an empty batch.")
     batch = {}
     for name in samples[0]:
-        if name == "replaced":
+        if name in SAMPLE_COUNTS:
             continue
         stacked = torch.stack([sample[name] for sample in samples], dim=1)
         if stacked.shape[0] > 0:
             batch[name if name.endswith(("_crops", "_photometry")) else f"{name}_pixel_values"] = stacked
-    batch["num_replaced"] = torch.tensor(sum(int(sample.get("replaced", 0)) for sample in samples), dtype=torch.int64)
+    for name in SAMPLE_COUNTS:
+        batch[f"num_{name}"] = torch.tensor(sum(int(sample.get(name, 0)) for sample in samples), dtype=torch.int64)
     return batch
 
 
-__all__ = ["AlignedPairViews", "apply_photometry", "pretraining_collate"]
+__all__ = ["SAMPLE_COUNTS", "AlignedPairViews", "apply_photometry", "pop_sample_counts", "pretraining_collate"]

@@ -1,8 +1,10 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 
 # The tests' models are tiny: one thread runs them hundreds of times faster than two threads fighting over the
@@ -19,3 +21,13 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real RS data not found at {SHARED_DATA} (set PERA_SHARED_DATA to its folder)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """A folder of 12 random 40x48 RGB PNG tiles: enough for a few steps of a tiny pretraining run."""
+    folder = tmp_path_factory.mktemp("images")
+    generator = np.random.default_rng(0)
+    for index in range(12):
+        Image.fromarray(generator.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"tile_{index:02d}.png")
+    return folder

@@ -22,7 +22,7 @@ from modeling_pera.data import (
     load_pretraining_dataset,
     make_pretraining_dataloader,
     make_pretraining_dataset,
-    view_generator,
+    seeded_generator,
 )
 from modeling_pera.image_processing_pera import SENTINEL2_L2A_BANDS
 from modeling_pera.views import AlignedPairViews
@@ -180,7 +180,7 @@ def test_bad_samples_are_replaced_by_the_next_usable_one(rgb_tree, caplog):
                 for step in range(1, len(dataset))
                 if names[(index + step) % len(dataset)] not in BAD_IN_RGB_TREE
             )
-            expected = views(dataset.load_image(substitute), view_generator(3, 0, index))
+            expected = views(dataset.load_image(substitute), seeded_generator(3, 0, index))
             for key, view in expected.items():
                 assert torch.equal(sample[key], view)
     assert "truncated.jpg" in caplog.text and "truncated.tif" in caplog.text
@@ -211,7 +211,17 @@ def test_check_dataset_rejects_a_band_count_the_model_cannot_use(tmp_path):
         check_dataset(dataset)
     message = str(error.value)
     assert "found 4 bands (3 samples), the model expects 3" in message
-    assert "--config_overrides num_channels=4" in message and "'rgbn'" in message
+    assert "--bands 0 1 2" in message  # what works for a pretrained RGB encoder
+    assert "--config_overrides num_channels=4" in message and "--processor_preset rgbn" in message  # a new model
+
+    selected = PretrainingDataset(find_images(tmp_path), make_views(), bands=[0, 1, 2])
+    assert check_dataset(selected) == 3
+    rgbn = tifffile.imread(tmp_path / "naip_0.tif")
+    np.testing.assert_array_equal(selected.load_image(0).numpy(), rgbn[:3])
+    reordered = PretrainingDataset(find_images(tmp_path), make_views(), bands=[3, 0, 1])
+    np.testing.assert_array_equal(reordered.load_image(0).numpy(), rgbn[[3, 0, 1]])
+    with pytest.raises(ValueError, match=r"has 4 bands \(indices 0-3\); --bands asks for \[7\]"):
+        check_dataset(PretrainingDataset(find_images(tmp_path), make_views(), bands=[0, 1, 7]))
 
 
 def test_unreadable_data_fails_at_start_and_in_getitem(rgb_tree):

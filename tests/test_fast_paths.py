@@ -137,13 +137,13 @@ def test_training_step_reads_nothing_back_to_the_host():
     # On the meta device, reading a value back to the host (.item(), bool(tensor), a shape that depends on the data)
     # raises. The device-side view making, the step and the EMA update run there: on a GPU they never wait for it.
     from modeling_pera import PeraImageProcessor
-    from modeling_pera.views import AlignedPairViews, pretraining_collate
+    from modeling_pera.views import AlignedPairViews, pop_sample_counts, pretraining_collate
 
     config = tiny_config(num_local_crops=2)
     views = AlignedPairViews(config, PeraImageProcessor(), defer_photometry=True)
     images = [torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8) for _ in range(3)]
     batch = pretraining_collate([views(image, torch.Generator().manual_seed(seed)) for seed, image in enumerate(images)])
-    batch.pop("num_replaced")
+    pop_sample_counts(batch)
     batch = views.finish_batch({name: tensor.to("meta") for name, tensor in batch.items()})
     model = PeraForPreTraining(config).train().to("meta")
 

@@ -16,7 +16,6 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from modeling_pera import PeraConfig, PeraForPreTraining
-from modeling_pera.schedules import PretrainingSchedule
 from modeling_pera.pretraining import (
     CheckpointError,
     PretrainingArguments,
@@ -25,6 +24,7 @@ from modeling_pera.pretraining import (
     pretrain,
     student_parameter_groups,
 )
+from modeling_pera.schedules import PretrainingSchedule
 from pera_testing import run_without_package, tiny_config_overrides, write_random_tiffs
 
 

@@ -19,7 +19,11 @@ from modeling_pera import PeraConfig, PeraForPreTraining, PeraImageProcessor
 from modeling_pera.data import find_images
 from modeling_pera.evaluation import load_encoder
 from modeling_pera.pretraining import (
-    CheckpointError, CheckpointWriteError, PretrainingArguments, TrainingDivergedError, pretrain,
+    CheckpointError,
+    CheckpointWriteError,
+    PretrainingArguments,
+    TrainingDivergedError,
+    pretrain,
 )
 from modeling_pera.pretraining.checkpoints import MANIFEST_NAME, TRAINER_STATE_NAME, latest_checkpoint
 from modeling_pera.pretraining.monitoring import DivergenceMonitor
@@ -35,15 +39,6 @@ def arguments(train_dir, output_dir, **overrides) -> PretrainingArguments:
         per_device_train_batch_size=4, max_train_steps=4, logging_steps=1, dataloader_num_workers=0, seed=3,
     )
     return PretrainingArguments(**{**settings, **overrides})
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("images")
-    generator = np.random.default_rng(0)
-    for index in range(12):
-        Image.fromarray(generator.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"tile_{index:02d}.png")
-    return folder
 
 
 def assert_finite(path: Path) -> None:

@@ -1,18 +1,21 @@
 """PerA pretraining: arguments and recipes, the parts of a run, the loop, checkpoints and exports (see loop.py)."""
 
 from .arguments import RECIPES, PretrainingArguments, parse_config_overrides
-from .building import (
-    NO_DECAY_NAMES, build_model, build_processor, enable_activation_checkpointing, student_parameter_groups,
-)
+from .building import build_model, build_processor, enable_activation_checkpointing, student_parameter_groups
 from .checkpoints import (
-    CheckpointError, CheckpointWriteError, export_encoder, export_pretrained, latest_checkpoint, snapshot_directory,
+    CheckpointError,
+    CheckpointWriteError,
+    export_encoder,
+    export_pretrained,
+    latest_checkpoint,
+    snapshot_directory,
 )
 from .loop import apply_schedule, pretrain, push_encoder
 from .monitoring import TrainingDivergedError
 
 
 __all__ = [
-    "NO_DECAY_NAMES", "RECIPES", "CheckpointError", "CheckpointWriteError", "PretrainingArguments",
+    "RECIPES", "CheckpointError", "CheckpointWriteError", "PretrainingArguments",
     "TrainingDivergedError", "apply_schedule", "build_model", "build_processor", "enable_activation_checkpointing",
     "export_encoder", "export_pretrained", "latest_checkpoint", "parse_config_overrides", "pretrain", "push_encoder",
     "snapshot_directory", "student_parameter_groups",

@@ -5,13 +5,16 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..configuration_pera import PERA_PRESETS
+from ..image_processing_pera import PERA_PROCESSOR_PRESETS
 
-# Hyper-parameter sets. "reference" is method.md's recipe, made for 200 epochs over millions of images. Measured on
-# short CPU runs (docs/training.md), it does not beat a random-init encoder: its 131072 (or thousands of) prototypes
-# keep the teacher's targets near-uniform for hundreds of steps. "short-budget" is for runs of a few hundred steps,
-# each change measured by benchmarks/sweep.py (docs/training.md): fewer prototypes, lighter drop path, an lr for small
-# batches, a faster-moving teacher, narrower heads and fewer local crops (1.65x the steps in the same time), and
-# per-patch normalised pixel targets (MAE's norm_pix_loss: better on every probe, two seeds).
+
+# Hyper-parameter sets. "reference" is the authors' recipe (their code's values), made for 200 epochs over millions
+# of images. Measured on short CPU runs (docs/training.md), it does not beat a random-init encoder: its 131072 (or
+# thousands of) prototypes keep the teacher's targets near-uniform for hundreds of steps. "short-budget" is for runs of
+# a few hundred steps, each change measured by benchmarks/sweep.py (docs/training.md): fewer prototypes, lighter drop
+# path, an lr for small batches, a faster-moving teacher, narrower heads and fewer local crops (1.65x the steps in the
+# same time), and per-patch normalised pixel targets (MAE's norm_pix_loss: better on every probe, two seeds).
 RECIPES: dict[str, dict[str, dict]] = {
     "reference": {"config": {}, "arguments": {"learning_rate": 1e-3, "momentum_start": 0.992}},
     "short-budget": {
@@ -26,6 +29,9 @@ RECIPES: dict[str, dict[str, dict]] = {
         "arguments": {"learning_rate": 2e-4, "momentum_start": 0.95},
     },
 }
+
+# Below this many steps, a run with the reference recipe is warned that short-budget is made for it.
+REFERENCE_MIN_STEPS = 5_000
 
 
 @dataclass
@@ -48,7 +54,9 @@ class PretrainingArguments:
     image_column_name: str = field(default="image", metadata={"help": "The dataset column holding the images."})
     streaming: bool = field(default=False, metadata={"help": "Stream the dataset instead of downloading it."})
     model_name_or_path: str | None = field(default=None, metadata={"help": "Continue from a PerA checkpoint or encoder."})
-    model_size: str = field(default="vit-small", metadata={"help": "Backbone preset for a new model (see PERA_PRESETS)."})
+    model_size: str = field(
+        default="vit-small", metadata={"help": "Backbone size of a new model.", "choices": list(PERA_PRESETS)}
+    )
     config_overrides: str | None = field(
         default=None,
         metadata={"help": "Comma-separated config settings, e.g. 'image_size=224,local_crop_size=96,num_prototypes=8192'."},
@@ -56,12 +64,26 @@ class PretrainingArguments:
     recipe: str = field(
         default="reference",
         metadata={
-            "help": "Hyper-parameter set: 'reference' (method.md) or 'short-budget' (runs of a few hundred to a few "
-            "thousand steps; see RECIPES). --learning_rate, --momentum_start and --config_overrides win over it."
+            "help": "Hyper-parameter set: 'reference' (the paper's, for 100+ epochs over large archives) or "
+            "'short-budget' (runs of a few hundred to a few thousand steps); docs/training.md#recipes compares them. "
+            "--learning_rate, --momentum_start and --config_overrides win over it.",
+            "choices": list(RECIPES),
+        },
+    )
+    bands: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "The bands to train on, in order: 0-based indices into each image's bands (e.g. 0 1 2 for the RGB "
+            "of RGB+NIR tiles; a new model gets as many input channels), or the band names of band folders (e.g. B04 "
+            "B03 B02). Default: all bands of the images, and band folders in Sentinel-2 L2A order."
         },
     )
     processor_preset: str | None = field(
-        default=None, metadata={"help": "Band statistics preset (default: pera-rgb for 3 bands, rgbn for 4)."}
+        default=None,
+        metadata={
+            "help": "Band statistics of the inputs (default: pera-rgb for 3 bands, rgbn for 4).",
+            "choices": list(PERA_PROCESSOR_PRESETS),
+        },
     )
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Images per device and step."})
     num_train_epochs: int = field(default=100, metadata={"help": "Epochs, unless --max_train_steps is given."})
@@ -168,12 +190,31 @@ class PretrainingArguments:
                     f"--model_name_or_path {self.model_name_or_path} lies in --output_dir {self.output_dir}, whose "
                     "previous run --overwrite_output_dir deletes: write the new run to another --output_dir."
                 )
+        if self.bands is not None:
+            if not self.bands:
+                raise ValueError("--bands needs at least one band index or name.")
+            numeric = [band.lstrip("-").isdigit() for band in self.bands]
+            if any(numeric) and not all(numeric):
+                raise ValueError(f"--bands takes band indices or band names, not both: got {self.bands}.")
         if self.push_to_hub and not self.hub_model_id:  # checked now, not after hours of training
             raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/pera-vit-small-rs).")
 
     def model_config_overrides(self) -> dict:
-        """The config settings of a new model: the recipe's, then `--config_overrides` on top."""
-        return {**RECIPES[self.recipe]["config"], **parse_config_overrides(self.config_overrides)}
+        """The config settings of a new model: the recipe's, then `--config_overrides` on top; as many input
+        channels as `--bands` selects unless `num_channels` is given."""
+        overrides = {**RECIPES[self.recipe]["config"], **parse_config_overrides(self.config_overrides)}
+        if self.bands is not None:
+            overrides.setdefault("num_channels", len(self.bands))
+        return overrides
+
+    def band_selection(self) -> dict:
+        """`--bands` as options of the pretraining dataset: `bands` (indices into every image's bands) or
+        `band_order` (the band files of band folders)."""
+        if self.bands is None:
+            return {}
+        if all(band.lstrip("-").isdigit() for band in self.bands):
+            return {"bands": [int(band) for band in self.bands]}
+        return {"band_order": list(self.bands)}
 
 
 def parse_config_overrides(overrides: str | None) -> dict:

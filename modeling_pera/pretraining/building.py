@@ -10,11 +10,10 @@ from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint
 from ..configuration_pera import PeraConfig
 from ..image_processing_pera import PeraImageProcessor
 from ..modeling_pera import PeraForPreTraining
+from ..schedules import split_by_weight_decay
 from .arguments import PretrainingArguments, parse_config_overrides
 
 
-# Parameters that are not weight matrices: decaying them pulls tokens, positions, scales and offsets to zero.
-NO_DECAY_NAMES = ("cls_token", "mask_token", "position_embeddings", "weight_g")
 # Operations whose outputs selective activation checkpointing keeps: matrix products and attention, costly to
 # recompute. The rest of a block (norms, GELU, casts, residual adds, drop path) is recomputed in backward.
 KEPT_BY_SELECTIVE_CHECKPOINTING = {
@@ -57,14 +56,7 @@ def build_processor(arguments: PretrainingArguments, config: PeraConfig) -> Pera
 
 def student_parameter_groups(model: PeraForPreTraining) -> list[dict]:
     """The trainable (student-side) parameters, split into weight-decayed matrices and the rest."""
-    decayed, not_decayed = [], []
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        if parameter.ndim < 2 or name.endswith(NO_DECAY_NAMES):
-            not_decayed.append(parameter)
-        else:
-            decayed.append(parameter)
+    decayed, not_decayed = split_by_weight_decay(model)
     return [{"params": decayed, "apply_weight_decay": True}, {"params": not_decayed, "apply_weight_decay": False}]
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from transformers.utils import logging as transformers_logging
 
 from ..image_processing_pera import PeraImageProcessor
 from ..modeling_pera import PeraForPreTraining
@@ -71,12 +72,18 @@ def staging_folder(target: Path, owner: bool = True) -> Iterator[Path]:
     staging = target.with_name(f".staging_{target.name}")
     if owner:
         shutil.rmtree(staging, ignore_errors=True)
+    # transformers draws a "Writing model shards" bar per save, which would break the training's progress bar
+    progress_bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
     try:
         yield staging
     except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
         if owner:
             shutil.rmtree(staging, ignore_errors=True)
         raise _write_error(target, error) from error
+    finally:
+        if progress_bars:
+            transformers_logging.enable_progress_bar()
     if owner:
         _make_readable(staging)
 
@@ -320,7 +327,7 @@ def export_encoder(model: PeraForPreTraining, processor: PeraImageProcessor, tar
     """Writes the teacher as a stand-alone `PeraModel` with the image processor and the Hub code files to `target`."""
     target = Path(target)
     with staging_folder(target) as staging:
-        model.pera.save_pretrained(staging)
+        model.teacher.save_pretrained(staging)
         processor.save_pretrained(staging)
     replace_directory(staging, target)
 

@@ -10,6 +10,10 @@ import itertools
 import json
 import logging
 import math
+import shlex
+import signal
+import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,18 +22,33 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 
+from ..cli import TrainingStopped
 from ..configuration_pera import PeraConfig
-from ..data import check_dataset, load_pretraining_dataset, make_pretraining_dataloader, make_pretraining_dataset
-from ..hub import pretraining_card_info, push_folder_to_hub, write_model_card
+from ..data import (
+    check_dataset,
+    load_pretraining_dataset,
+    make_pretraining_dataloader,
+    make_pretraining_dataset,
+    seeded_generator,
+)
+from ..hub import check_hub_access, pretraining_card_info, push_folder_to_hub, write_model_card
 from ..image_processing_pera import PeraImageProcessor
 from ..modeling_pera import PeraForPreTraining
 from ..schedules import PretrainingSchedule, ScheduleValues
 from ..views import AlignedPairViews
-from .arguments import PretrainingArguments
+from .arguments import REFERENCE_MIN_STEPS, PretrainingArguments
 from .building import build_model, build_processor, enable_activation_checkpointing, student_parameter_groups
 from .checkpoints import (
-    CHECKPOINTS_DIRNAME, TRACKER_PROJECT, TRAINER_STATE_NAME, check_resumable, export_encoder, export_pretrained,
-    find_checkpoint, prepare_output_dir, save_checkpoint, snapshot_directory,
+    CHECKPOINTS_DIRNAME,
+    TRACKER_PROJECT,
+    TRAINER_STATE_NAME,
+    check_resumable,
+    export_encoder,
+    export_pretrained,
+    find_checkpoint,
+    prepare_output_dir,
+    save_checkpoint,
+    snapshot_directory,
 )
 from .monitoring import DivergenceMonitor, TrainingLog
 
@@ -82,15 +101,60 @@ class Run:
         }
 
 
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM (a cluster's preemption) during training: the first asks the loop to stop after
+    its current step, with a checkpoint; a second Ctrl-C stops at once. Outside the main thread, where Python cannot
+    take signals, the defaults stay."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received: int | None = None
+        self.previous_handlers = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            self.previous_handlers = {number: signal.signal(number, self.handle) for number in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exception) -> None:
+        for number, handler in self.previous_handlers.items():
+            signal.signal(number, handler)
+
+    def handle(self, number: int, frame) -> None:
+        if self.received is not None and number == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = number
+        print(
+            f"\n{signal.Signals(number).name}: stopping after this step with a checkpoint (Ctrl-C again to stop at "
+            "once, without one).",
+            file=sys.stderr,
+        )
+
+    def agreed(self, accelerator: Accelerator, synchronising: bool) -> bool:
+        """Whether every process stops now. One process decides alone; several agree at steps where they
+        synchronise anyway (logging and saving), so that no step pays for a collective."""
+        if accelerator.num_processes == 1:
+            return self.received is not None
+        if not synchronising:
+            return False
+        flag = torch.tensor(float(self.received is not None), device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+
 def pretrain(arguments: PretrainingArguments) -> dict:
-    """Runs PerA pretraining; returns a summary (steps, images/s, last losses, loss history)."""
+    """Runs PerA pretraining; returns a summary (steps, images/s, last losses, loss history).
+
+    SIGINT or SIGTERM stops the run after its current step with a checkpoint and raises [`~cli.TrainingStopped`],
+    whose message gives the command that resumes it."""
     run = build_run(arguments)
     state = resume(run) if arguments.resume_from_checkpoint else TrainingState()
     monitor = DivergenceMonitor(
         run.accelerator, state.completed_steps, str(run.output_dir / CHECKPOINTS_DIRNAME),
         accumulation=arguments.gradient_accumulation_steps,
     )
-    summary = train(run, state, monitor)
+    with StopSignals() as stop:
+        summary = train(run, state, monitor, stop)
     finish(run, state, monitor)
     return summary
 
@@ -99,13 +163,18 @@ def build_run(arguments: PretrainingArguments) -> Run:
     output_dir = Path(arguments.output_dir)
     resuming = arguments.resume_from_checkpoint is not None
     prepare_output_dir(output_dir, arguments.overwrite_output_dir, resuming, is_main_process=False)  # fail fast
+    if arguments.push_to_hub:  # before the training, not after it
+        check_hub_access(arguments.hub_model_id, arguments.hub_token)
     accelerator = Accelerator(
         gradient_accumulation_steps=arguments.gradient_accumulation_steps,
         log_with=arguments.report_to if arguments.with_tracking else None,
         project_dir=str(output_dir),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=arguments.seed),
     )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    # This package's INFO lines (the run, resumes, saves); other libraries' only from WARNING on, so that their
+    # INFO lines do not break the progress bar.
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("modeling_pera").setLevel(logging.INFO)
     set_seed(arguments.seed)
     if accelerator.is_main_process:
         prepare_output_dir(output_dir, arguments.overwrite_output_dir, resuming, is_main_process=True)
@@ -127,6 +196,12 @@ def build_run(arguments: PretrainingArguments) -> Run:
     else:
         model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
     total_steps = count_steps(arguments, dataloader, accelerator.num_processes)
+    if arguments.recipe == "reference" and total_steps < REFERENCE_MIN_STEPS:
+        logger.warning(
+            "--recipe reference for %d steps: its values are made for 100+ epochs over large archives and learn "
+            "little in runs under %d steps (docs/training.md#recipes); --recipe short-budget is made for them.",
+            total_steps, REFERENCE_MIN_STEPS,
+        )
     schedule = PretrainingSchedule(
         total_steps=total_steps,
         **{name: getattr(arguments, name) for name in (
@@ -160,7 +235,7 @@ def build_dataloader(arguments: PretrainingArguments, views: AlignedPairViews, c
     )
     dataset = make_pretraining_dataset(
         source, views, seed=arguments.seed, image_column_name=arguments.image_column_name,
-        min_image_size=config.patch_size,
+        min_image_size=config.patch_size, **arguments.band_selection(),
     )
     check_dataset(dataset)
     return make_pretraining_dataloader(
@@ -194,8 +269,9 @@ def resume(run: Run) -> TrainingState:
     return state
 
 
-def train(run: Run, state: TrainingState, monitor: DivergenceMonitor) -> dict:
-    """The loop: one optimizer step per `accumulation` batches, then the EMA teacher, the log and the saves."""
+def train(run: Run, state: TrainingState, monitor: DivergenceMonitor, stop: StopSignals) -> dict:
+    """The loop: one optimizer step per `accumulation` batches, then the EMA teacher, the log, the saves and a
+    requested stop."""
     arguments, accelerator = run.arguments, run.accelerator
     log = TrainingLog(
         accelerator, run.total_steps, state.completed_steps, arguments.logging_steps, arguments.with_tracking
@@ -220,12 +296,15 @@ def train(run: Run, state: TrainingState, monitor: DivergenceMonitor) -> dict:
         run.pera.update_teacher(values.momentum)
         state.completed_steps += 1
         log.progress.update(1)
-        if log.log_due(state.completed_steps):
+        log_due = log.log_due(state.completed_steps)
+        if log_due:
             monitor.check()
             log.log(state.completed_steps, outputs, values)
-        save_due(run, state, monitor, log)
+        saved = save_due(run, state, monitor, log)
         if state.completed_steps >= run.total_steps:
             break
+        if stop.agreed(accelerator, synchronising=log_due or saved):
+            stop_run(run, state, monitor, log, stop.received, saved)
     return log.finish(state.completed_steps)
 
 
@@ -281,7 +360,7 @@ def apply_schedule(optimizer: torch.optim.Optimizer, values: ScheduleValues) -> 
 def mask_noise(config: PeraConfig, batch: dict, seed: int, micro_step: int, rank: int) -> dict[str, torch.Tensor]:
     """The mask noise of one micro-batch: a function of (seed, micro step, process), drawn on the batch's device."""
     device = batch["student_global_pixel_values"].device
-    generator = torch.Generator(device=device).manual_seed(hash((seed, micro_step, rank)) & 0x7FFF_FFFF_FFFF_FFFF)
+    generator = seeded_generator(seed, micro_step, rank, device=device)
     noise = {}
     for kind in ("global", "local"):
         pixel_values = batch.get(f"student_{kind}_pixel_values")
@@ -292,24 +371,67 @@ def mask_noise(config: PeraConfig, batch: dict, seed: int, micro_step: int, rank
     return noise
 
 
-def save_due(run: Run, state: TrainingState, monitor: DivergenceMonitor, log: TrainingLog) -> None:
-    """The checkpoint and snapshot due after this step, if any, once the losses and weights are checked finite."""
-    arguments, accelerator = run.arguments, run.accelerator
+def save_due(run: Run, state: TrainingState, monitor: DivergenceMonitor, log: TrainingLog) -> bool:
+    """The checkpoint and snapshot due after this step, if any, once the losses and weights are checked finite.
+    Returns whether a checkpoint was written."""
+    arguments = run.arguments
     checkpointing = bool(arguments.checkpointing_steps) and state.completed_steps % arguments.checkpointing_steps == 0
     snapshot = state.completed_steps in (arguments.snapshot_steps or ())
-    if not (checkpointing or snapshot):
-        return
+    if checkpointing or snapshot:
+        save(run, state, monitor, log, checkpoint=checkpointing, snapshot=snapshot)
+    return checkpointing
+
+
+def save(
+    run: Run, state: TrainingState, monitor: DivergenceMonitor, log: TrainingLog, checkpoint: bool, snapshot: bool
+) -> None:
+    arguments, accelerator = run.arguments, run.accelerator
     monitor.check(run.pera)
     log.pause()
     accelerator.wait_for_everyone()
     if snapshot and accelerator.is_main_process:
         export_encoder(run.pera, run.processor, snapshot_directory(run.output_dir, state.completed_steps))
-    if checkpointing:
+    if checkpoint:
         saved = {**asdict(state), **run.resume_settings()}
         save_checkpoint(accelerator, run.output_dir, saved, arguments.checkpoints_total_limit)
         if accelerator.is_main_process:
             export_pretrained(run.pera, run.processor, run.output_dir)
     log.resume()
+
+
+def stop_run(
+    run: Run, state: TrainingState, monitor: DivergenceMonitor, log: TrainingLog, signal_number: int, saved: bool
+) -> None:
+    """Ends a run stopped by a signal: a checkpoint of this step (unless one was just written), then
+    `TrainingStopped` with the command that resumes it."""
+    if not saved:
+        save(run, state, monitor, log, checkpoint=True, snapshot=False)
+    log.progress.close()
+    if run.arguments.with_tracking:
+        run.accelerator.end_training()
+    raise TrainingStopped(
+        f"Stopped by {signal.Signals(signal_number).name} after step {state.completed_steps} of {run.total_steps}; "
+        f"the checkpoint is in {run.output_dir / CHECKPOINTS_DIRNAME}. Resume exactly with:\n"
+        f"  {resume_command(run.accelerator.num_processes)}",
+        signal_number,
+    )
+
+
+def resume_command(num_processes: int) -> str:
+    """This process's command line, made to resume the run: '--resume_from_checkpoint latest' instead of a start
+    from scratch or an older checkpoint, and without --overwrite_output_dir, which would delete the run."""
+    arguments, kept = sys.argv[1:], []
+    while arguments:
+        flag = arguments.pop(0)
+        name = flag.split("=", 1)[0]
+        if name in ("--overwrite_output_dir", "--resume_from_checkpoint"):
+            # the flag's value, when it is given as the next word
+            if "=" not in flag and arguments and not arguments[0].startswith("--"):
+                arguments.pop(0)
+            continue
+        kept.append(flag)
+    launcher = ["accelerate", "launch"] if num_processes > 1 else ["python"]
+    return shlex.join([*launcher, sys.argv[0], *kept, "--resume_from_checkpoint", "latest"])
 
 
 def finish(run: Run, state: TrainingState, monitor: DivergenceMonitor) -> None:

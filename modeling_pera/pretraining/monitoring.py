@@ -9,6 +9,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ..schedules import ScheduleValues
+from ..views import SAMPLE_COUNTS, pop_sample_counts
 from .checkpoints import non_finite_tensors
 
 
@@ -68,8 +69,8 @@ class DivergenceMonitor:
 
 
 class TrainingLog:
-    """The progress bar (rate, loss), scalars every `logging_steps` (to the trackers with --with_tracking), the count
-    of replaced samples, and the run's summary."""
+    """The progress bar (rate, loss), scalars every `logging_steps` (to the trackers with --with_tracking), the counts
+    of replaced and of upsampled samples (warned about once), and the run's summary."""
 
     def __init__(
         self, accelerator: Accelerator, total_steps: int, completed_steps: int, logging_steps: int, tracking: bool
@@ -83,15 +84,33 @@ class TrainingLog:
             desc="pretraining", unit="step",
         )
         self.summary: dict = {"images_per_second": None, "loss_history": []}
-        self.replaced_samples = torch.zeros((), dtype=torch.long, device=accelerator.device)
+        # Running totals on the device, read at logging steps only (no host sync per step)
+        self.sample_counts = {
+            name: torch.zeros((), dtype=torch.long, device=accelerator.device) for name in SAMPLE_COUNTS
+        }
+        self.upsampling_reported = False
         self.images_since_log, self.log_started = 0, time.perf_counter()
         self.train_seconds, self.train_started = 0.0, time.perf_counter()
 
     def count_batch(self, batch: dict, num_images: int) -> dict:
-        """Counts the batch's images and its replaced samples; returns the batch without the count."""
-        self.replaced_samples += batch.pop("num_replaced")
+        """Counts the batch's images, its replaced and its upsampled samples; returns the batch without the counts."""
+        for name, count in pop_sample_counts(batch).items():
+            self.sample_counts[name] += count
         self.images_since_log += num_images
         return batch
+
+    def read_sample_counts(self) -> dict[str, int]:
+        """One host sync: the totals so far, as `replaced_samples` and `upsampled_samples`."""
+        return {f"{name}_samples": int(count) for name, count in self.sample_counts.items()}
+
+    def report_upsampling(self, upsampled: int) -> None:
+        """Warns once, the first time samples smaller than the global crops are counted."""
+        if upsampled and not self.upsampling_reported:
+            self.upsampling_reported = True
+            logger.warning(
+                "%d images so far are smaller than the global crops and are upsampled to them (check_dataset names "
+                "the first ones); counted as `upsampled` in the log and the run's summary.", upsampled,
+            )
 
     def log_due(self, completed_steps: int) -> bool:
         return completed_steps % self.logging_steps == 0 or completed_steps == self.total_steps
@@ -103,7 +122,7 @@ class TrainingLog:
         scalars.update(
             learning_rate=values.learning_rate, weight_decay=values.weight_decay, momentum=values.momentum,
             teacher_temperature=values.teacher_temperature, images_per_second=self.images_since_log / elapsed,
-            replaced_samples=int(self.replaced_samples),
+            **self.read_sample_counts(),
         )
         self.images_since_log, self.log_started = 0, time.perf_counter()
         self.summary.update(scalars)
@@ -111,8 +130,9 @@ class TrainingLog:
         self.progress.set_postfix(
             loss=f"{scalars['loss']:.3f}", dino=f"{scalars['dino_loss']:.3f}", pixel=f"{scalars['pixel_loss']:.3f}",
             lr=f"{values.learning_rate:.2e}", img_s=f"{scalars['images_per_second']:.1f}",
-            replaced=scalars["replaced_samples"],
+            replaced=scalars["replaced_samples"], upsampled=scalars["upsampled_samples"],
         )
+        self.report_upsampling(scalars["upsampled_samples"])
         if self.tracking:
             self.accelerator.log(scalars, step=completed_steps)
 
@@ -126,13 +146,12 @@ class TrainingLog:
     def finish(self, completed_steps: int) -> dict:
         self.progress.close()
         self.pause()
-        replaced = int(self.replaced_samples)
-        if replaced:
+        counts = self.read_sample_counts()
+        if counts["replaced_samples"]:
             logger.warning(
                 "%d samples were unusable (unreadable, too small, wrong band count or non-finite pixels) and were "
-                "replaced by the next usable ones; the log names the first of them.", replaced,
+                "replaced by the next usable ones; the log names the first of them.", counts["replaced_samples"],
             )
-        self.summary.update(
-            completed_steps=completed_steps, replaced_samples=replaced, train_seconds=self.train_seconds
-        )
+        self.report_upsampling(counts["upsampled_samples"])
+        self.summary.update(completed_steps=completed_steps, train_seconds=self.train_seconds, **counts)
         return self.summary
