@@ -112,5 +112,6 @@ def main():
     )
     publish(report, text, arguments.output_json, arguments.markdown, arguments.section)
 
+
 if __name__ == "__main__":
     main()

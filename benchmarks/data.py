@@ -60,7 +60,9 @@ def loader_figures(arguments, mode: str, num_workers: int) -> dict:
     del batches, loader  # shuts the workers down before finish_batch is timed
     finish_images_per_second = None
     if views.defer_photometry:
-        device_batches = iter([{name: tensor.to(device) for name, tensor in batch.items()} for batch in deferred_batches])
+        device_batches = iter(
+            [{name: tensor.to(device) for name, tensor in batch.items()} for batch in deferred_batches]
+        )
         seconds, _ = median_seconds(lambda: views.finish_batch(next(device_batches)), device, len(deferred_batches))
         finish_images_per_second = round(arguments.batch_size / seconds, 1)
     return {
@@ -74,7 +76,9 @@ def loader_figures(arguments, mode: str, num_workers: int) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train_dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "ucmerced"))
+    parser.add_argument(
+        "--train_dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "ucmerced")
+    )
     parser.add_argument("--model_size", default="vit-base")
     parser.add_argument("--config_overrides", default="")
     parser.add_argument("--batch_size", type=int, default=32)
@@ -109,13 +113,19 @@ def main():
         + markdown_table(
             ["photometry", "workers", "loader images/s", "MB per image to the device", "finish_batch images/s"],
             [
-                [row["mode"], row["num_workers"], row["loader_images_per_second"], f"{row['bytes_per_image'] / 1e6:.2f}",
-                 row["finish_images_per_second"] or ""]
+                [
+                    row["mode"],
+                    row["num_workers"],
+                    row["loader_images_per_second"],
+                    f"{row['bytes_per_image'] / 1e6:.2f}",
+                    row["finish_images_per_second"] or "",
+                ]
                 for row in rows
             ],
         )
     )
     publish(report, text, arguments.output_json, arguments.markdown, arguments.section or f"data-{device.type}")
+
 
 if __name__ == "__main__":
     main()

@@ -81,9 +81,12 @@ def main():
     rows = []
     for implementation in IMPLEMENTATIONS:
         command = [sys.executable, __file__, "--worker", "--implementation", implementation] + [
-            f"--{name}={getattr(arguments, name)}" for name in ("device", "rows", "num_prototypes", "dtype", "repeats", "warmup")
+            f"--{name}={getattr(arguments, name)}"
+            for name in ("device", "rows", "num_prototypes", "dtype", "repeats", "warmup")
         ]
-        rows.append(json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1]))
+        rows.append(
+            json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+        )
         print(json.dumps(rows[-1]), flush=True)
     device = torch.device(arguments.device)
     report = {
@@ -103,6 +106,7 @@ def main():
         )
     )
     publish(report, text, arguments.output_json, arguments.markdown, arguments.section)
+
 
 if __name__ == "__main__":
     main()

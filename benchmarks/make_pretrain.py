@@ -37,7 +37,8 @@ def run_seed(seed: int, data_dir: Path) -> dict:
     started = time.perf_counter()
     subprocess.run(
         ["make", "pretrain", f"SEED={seed}", f"PRETRAIN_DIR={output_dir}", f"DATA_DIR={data_dir}"],
-        cwd=REPOSITORY, check=True,
+        cwd=REPOSITORY,
+        check=True,
     )
     wall_seconds = time.perf_counter() - started
     report = {"seed": seed, "make_pretrain_seconds": wall_seconds}
@@ -45,11 +46,22 @@ def run_seed(seed: int, data_dir: Path) -> dict:
         segmentation_json = output_dir / f"segmentation_{name}.json"
         subprocess.run(
             [
-                sys.executable, "examples/run_eval.py", "--model_name_or_path", str(output_dir / "encoder"),
-                "--segmentation_dir", str(data_dir / "gid_mtl" / "GID-MTL5"), "--image_size", "64", "--seed", "0",
-                "--output_json", str(segmentation_json), *(["--random_init"] if random_init else []),
+                sys.executable,
+                "examples/run_eval.py",
+                "--model_name_or_path",
+                str(output_dir / "encoder"),
+                "--segmentation_dir",
+                str(data_dir / "gid_mtl" / "GID-MTL5"),
+                "--image_size",
+                "64",
+                "--seed",
+                "0",
+                "--output_json",
+                str(segmentation_json),
+                *(["--random_init"] if random_init else []),
             ],
-            cwd=REPOSITORY, check=True,
+            cwd=REPOSITORY,
+            check=True,
         )
         report[name] = {
             "classification": json.loads((output_dir / f"knn_{name}.json").read_text()),
@@ -71,14 +83,23 @@ def table(reports: list[dict]) -> str:
         values = [score(report, "pretrained", probe) for report in reports]
         random_values = {round(score(report, "random_init", probe), 6) for report in reports}
         spread = f" ± {50 * (max(values) - min(values)):.2f}" if len(values) > 1 else ""
-        rows.append([
-            probe, *(f"{100 * value:.2f} %" for value in values),
-            f"{100 * statistics.fmean(values):.2f}{spread} %",
-            " / ".join(f"{100 * value:.2f} %" for value in sorted(random_values)),
-        ])
+        rows.append(
+            [
+                probe,
+                *(f"{100 * value:.2f} %" for value in values),
+                f"{100 * statistics.fmean(values):.2f}{spread} %",
+                " / ".join(f"{100 * value:.2f} %" for value in sorted(random_values)),
+            ]
+        )
     minutes = [report["make_pretrain_seconds"] / 60 for report in reports]
-    rows.append(["`make pretrain` wall clock (`.venv` present)", *(f"{value:.1f} min" for value in minutes),
-                 f"{statistics.fmean(minutes):.1f} min", ""])
+    rows.append(
+        [
+            "`make pretrain` wall clock (`.venv` present)",
+            *(f"{value:.1f} min" for value in minutes),
+            f"{statistics.fmean(minutes):.1f} min",
+            "",
+        ]
+    )
     columns = ["probe", *(f"seed {seed}" for seed in seeds), "mean ± half-range", "random weights"]
     recipes = sorted({report.get("recipe", "") for report in reports})
     return (

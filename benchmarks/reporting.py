@@ -52,7 +52,9 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence]) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
 
 
-def publish(report: dict, text: str, output_json: str | Path | None, markdown: str | Path | None, section: str) -> None:
+def publish(
+    report: dict, text: str, output_json: str | Path | None, markdown: str | Path | None, section: str
+) -> None:
     """Writes `report` to `output_json`, prints `text` and writes it into the `section` block of `markdown`."""
     if output_json:
         Path(output_json).parent.mkdir(parents=True, exist_ok=True)

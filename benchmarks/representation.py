@@ -47,7 +47,8 @@ def markdown_table(report: dict) -> str:
     for method, row in report["methods"].items():
         final = row["final"]
         cells = [
-            f"{100 * final[key]:.1f} %" if key in final else "" for key in ("knn_top1", "linear_probe_top1", "segmentation_miou")
+            f"{100 * final[key]:.1f} %" if key in final else ""
+            for key in ("knn_top1", "linear_probe_top1", "segmentation_miou")
         ]
         lines.append(
             f"| {method} | {row.get('steps', 0)} | {row.get('train_seconds', 0):.0f} | " + " | ".join(cells) + " |"
@@ -91,20 +92,29 @@ def main():
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--num_snapshots", type=int, default=3, help="Encoders evaluated per method, evenly spaced.")
     parser.add_argument(
-        "--calibration_steps", type=int, default=24, help="Steps that measure each method's speed (on their second half)."
+        "--calibration_steps",
+        type=int,
+        default=24,
+        help="Steps that measure each method's speed (on their second half).",
     )
     parser.add_argument("--segmentation", action="store_true", help="Also run the GID-MTL5 probe on final encoders.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_dir", type=Path, default=REPOSITORY / "outputs" / "representation")
     parser.add_argument("--markdown", type=Path, help="Write the table into this file (e.g. docs/benchmarks.md).")
     parser.add_argument(
-        "--output_json", type=Path, help="Default: <output_dir>/representation.json; for the docs, "
-        "benchmarks/results/representation_<setting>_seed<N>.json."
+        "--output_json",
+        type=Path,
+        help="Default: <output_dir>/representation.json; for the docs, "
+        "benchmarks/results/representation_<setting>_seed<N>.json.",
     )
     arguments = parser.parse_args()
 
     setting = resolve_setting(
-        arguments.setting, **{name: getattr(arguments, name) for name in ("budget_minutes", "model_size", "config_overrides", "batch_size")}
+        arguments.setting,
+        **{
+            name: getattr(arguments, name)
+            for name in ("budget_minutes", "model_size", "config_overrides", "batch_size")
+        },
     )
     if setting["device"] == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--setting cuda needs a CUDA device; use the default CPU setting here.")
@@ -131,25 +141,41 @@ def main():
             "seed": arguments.seed,
             "output_dir": str(output_dir),
         }
-        run = train_for_budget(job, 60 * setting["budget_minutes"], arguments.calibration_steps, arguments.num_snapshots)
+        run = train_for_budget(
+            job, 60 * setting["budget_minutes"], arguments.calibration_steps, arguments.num_snapshots
+        )
         # Training time at each snapshot, from the measured step rate of the run itself.
         seconds_per_step = run["train_seconds"] / run["completed_steps"]
         curve = [
-            {"step": step, "train_seconds": step * seconds_per_step,
-             **evaluate(snapshot_directory(output_dir, step), arguments.data_dir, setting, final=False)}
+            {
+                "step": step,
+                "train_seconds": step * seconds_per_step,
+                **evaluate(snapshot_directory(output_dir, step), arguments.data_dir, setting, final=False),
+            }
             for step in run["snapshot_steps"]
         ]
-        final = evaluate(output_dir / "encoder", arguments.data_dir, setting, final=True, segmentation=arguments.segmentation)
+        final = evaluate(
+            output_dir / "encoder", arguments.data_dir, setting, final=True, segmentation=arguments.segmentation
+        )
         curve.append({"step": run["steps"], "train_seconds": run["train_seconds"], "knn_top1": final["knn_top1"]})
         report["methods"][method] = {
-            "steps": run["steps"], "train_seconds": run["train_seconds"], "calibrated_seconds_per_step": run["seconds_per_step"],
-            "final": final, "curve": curve, "loss_history": run["loss_history"],
+            "steps": run["steps"],
+            "train_seconds": run["train_seconds"],
+            "calibrated_seconds_per_step": run["seconds_per_step"],
+            "final": final,
+            "curve": curve,
+            "loss_history": run["loss_history"],
         }
         print(json.dumps({method: final}), flush=True)
     reference_encoder = arguments.output_dir / arguments.methods[0] / "encoder"
     report["methods"]["random_init"] = {
         "final": evaluate(
-            reference_encoder, arguments.data_dir, setting, final=True, segmentation=arguments.segmentation, random_init=True
+            reference_encoder,
+            arguments.data_dir,
+            setting,
+            final=True,
+            segmentation=arguments.segmentation,
+            random_init=True,
         ),
         "curve": [],
     }

@@ -37,7 +37,9 @@ def build(variant: str, config, device: torch.device):
 
     if variant == "mae":
         model = build_mae(mae_config_from_pera(config))
-        groups = [{**group, "apply_weight_decay": group.pop("weight_decay") > 0} for group in mae_parameter_groups(model)]
+        groups = [
+            {**group, "apply_weight_decay": group.pop("weight_decay") > 0} for group in mae_parameter_groups(model)
+        ]
     else:
         config.full_views = variant == "full_view"
         model = PeraForPreTraining(config)
@@ -47,7 +49,11 @@ def build(variant: str, config, device: torch.device):
 
 def synthetic_batch(variant: str, config, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
     if variant == "mae":
-        return {"pixel_values": torch.randn(batch_size, config.num_channels, config.image_size, config.image_size, device=device)}
+        return {
+            "pixel_values": torch.randn(
+                batch_size, config.num_channels, config.image_size, config.image_size, device=device
+            )
+        }
 
     def views(num_crops, size):
         return torch.randn(num_crops, batch_size, config.num_channels, size, size, device=device)
@@ -142,13 +148,34 @@ def measure(arguments) -> dict:
 def run_measurement(arguments, variant: str, batch_size: int, train_dir: str | None = None) -> dict:
     """Runs `measure` in a fresh process; an out-of-memory error comes back as {"oom": True}."""
     command = [
-        sys.executable, __file__, "--worker", "--variant", variant, "--batch_size", str(batch_size),
-        "--device", arguments.device, "--model_size", arguments.model_size,
-        "--config_overrides", arguments.config_overrides, "--steps", str(arguments.steps),
-        "--warmup", str(arguments.warmup), "--num_workers", str(arguments.num_workers),
+        sys.executable,
+        __file__,
+        "--worker",
+        "--variant",
+        variant,
+        "--batch_size",
+        str(batch_size),
+        "--device",
+        arguments.device,
+        "--model_size",
+        arguments.model_size,
+        "--config_overrides",
+        arguments.config_overrides,
+        "--steps",
+        str(arguments.steps),
+        "--warmup",
+        str(arguments.warmup),
+        "--num_workers",
+        str(arguments.num_workers),
     ]
-    command += (["--no_bf16"] if not arguments.bf16 else []) + (["--compile", arguments.compile] if arguments.compile else [])
-    command += ["--activation_checkpointing", arguments.activation_checkpointing] if arguments.activation_checkpointing else []
+    command += (["--no_bf16"] if not arguments.bf16 else []) + (
+        ["--compile", arguments.compile] if arguments.compile else []
+    )
+    command += (
+        ["--activation_checkpointing", arguments.activation_checkpointing]
+        if arguments.activation_checkpointing
+        else []
+    )
     command += ["--train_dir", train_dir] if train_dir else []
     command += ["--photometry_on_device"] if arguments.photometry_on_device else []
     result = subprocess.run(command, capture_output=True, text=True)
@@ -181,7 +208,14 @@ def find_max_batch(arguments, variant: str, start: int, limit: int) -> int:
 
 def step_table(report: dict) -> str:
     columns = [
-        "variant", "batch", "data", "compiled", "checkpointing", "step (s)", "images/s", "peak memory (GiB)",
+        "variant",
+        "batch",
+        "data",
+        "compiled",
+        "checkpointing",
+        "step (s)",
+        "images/s",
+        "peak memory (GiB)",
         "added by the steps (GiB)",
     ]
     rows = []
@@ -189,10 +223,19 @@ def step_table(report: dict) -> str:
         if row.get("oom"):
             rows.append([row["variant"], row["batch_size"], "", "", "", "OOM", "", "", ""])
         else:
-            rows.append([
-                row["variant"], row["batch_size"], row["data"], row["compiled"], row.get("activation_checkpointing") or "",
-                row["step_time_s"], row["images_per_second"], row["peak_memory_gib"], row["step_memory_gib"],
-            ])
+            rows.append(
+                [
+                    row["variant"],
+                    row["batch_size"],
+                    row["data"],
+                    row["compiled"],
+                    row.get("activation_checkpointing") or "",
+                    row["step_time_s"],
+                    row["images_per_second"],
+                    row["peak_memory_gib"],
+                    row["step_memory_gib"],
+                ]
+            )
     text = (
         f"Device: **{report['device']}**; {report['model_size']} ({report['config_overrides'] or 'reference crops'}); "
         f"bf16 autocast: {report['bf16']}. Command: `{report['command']}`\n\n" + markdown_table(columns, rows)
@@ -223,7 +266,9 @@ def main():
     parser.add_argument("--train_dir", help="Also measure PerA with real batches from this folder (data included).")
     parser.add_argument("--num_workers", type=int, default=4)
     parser.add_argument(
-        "--photometry_on_device", action="store_true", help="With --train_dir: colour jitter on the device (finish_batch)."
+        "--photometry_on_device",
+        action="store_true",
+        help="With --train_dir: colour jitter on the device (finish_batch).",
     )
     parser.add_argument("--find_max_batch", action="store_true", help="Search the largest batch per variant (GPU).")
     parser.add_argument("--max_batch_limit", type=int, default=2048)
@@ -250,7 +295,9 @@ def main():
     max_batch = {}
     if arguments.find_max_batch:
         for variant in [variant for variant in arguments.variants if variant != "mae"]:
-            max_batch[variant] = find_max_batch(arguments, variant, max(arguments.batch_sizes), arguments.max_batch_limit)
+            max_batch[variant] = find_max_batch(
+                arguments, variant, max(arguments.batch_sizes), arguments.max_batch_limit
+            )
             print(json.dumps({"variant": variant, "max_batch": max_batch[variant]}), flush=True)
     report = {
         "device": device_name(device),
@@ -263,6 +310,7 @@ def main():
         "max_batch": max_batch,
     }
     publish(report, step_table(report), arguments.output_json, arguments.markdown, arguments.section)
+
 
 if __name__ == "__main__":
     main()

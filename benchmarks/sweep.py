@@ -70,16 +70,23 @@ def summarize(report: dict) -> str:
             rows.append([name, "", "", "", *cells])
             continue
         changes = ", ".join(f"{key}={value}" for key, value in flags.items()) or "(the recipe)"
-        rows.append([
-            name, changes, round(statistics.fmean(run["steps"] for run in runs)),
-            f"{statistics.fmean(run['train_seconds'] for run in runs):.0f}", *cells,
-        ])
+        rows.append(
+            [
+                name,
+                changes,
+                round(statistics.fmean(run["steps"] for run in runs)),
+                f"{statistics.fmean(run['train_seconds'] for run in runs):.0f}",
+                *cells,
+            ]
+        )
     setting = report["setting"]
     return (
         f"Machine: **{report['device_name']}**; {setting['model_size']} ({setting['config_overrides']}), batch "
         f"{setting['batch_size']}, {setting['budget_minutes']} min of training per run, short-budget recipe plus each "
         f"configuration's changes; seeds {report['seeds']} (mean ± half the range). Command: `{report['command']}`\n\n"
-        + markdown_table(["configuration", "changes", "steps", "training (s)", *(METRICS[key] + " (%)" for key in metrics)], rows)
+        + markdown_table(
+            ["configuration", "changes", "steps", "training (s)", *(METRICS[key] + " (%)" for key in metrics)], rows
+        )
         + f"\n\n![sweep results]({report['plot']})"
     )
 
@@ -91,7 +98,9 @@ def speed_table(report: dict) -> str:
         baseline = baseline or statistics.fmean(rates)
         changes = ", ".join(f"{key}={value}" for key, value in flags.items()) or "(the recipe)"
         spread = f" ± {(max(rates) - min(rates)) / 2:.1f}" if len(rates) > 1 else ""
-        rows.append([name, changes, f"{statistics.fmean(rates):.1f}{spread}", f"{statistics.fmean(rates) / baseline:.2f}x"])
+        rows.append(
+            [name, changes, f"{statistics.fmean(rates):.1f}{spread}", f"{statistics.fmean(rates) / baseline:.2f}x"]
+        )
     setting = report["setting"]
     return (
         f"Machine: **{report['device_name']}**; {setting['model_size']} ({setting['config_overrides']}), batch "
@@ -113,7 +122,9 @@ def plot(report: dict, path: Path) -> None:
     figure, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 0.45 * len(names) + 1.5), squeeze=False)
     for axis, key in zip(axes[0], metrics):
         for row, name in enumerate(names):
-            values = [100 * run["final"][key] for run in report["runs"] if run["config"] == name and key in run["final"]]
+            values = [
+                100 * run["final"][key] for run in report["runs"] if run["config"] == name and key in run["final"]
+            ]
             if name == "random init" and values:
                 axis.axvline(values[0], color="gray", linestyle="--")
             if values:
@@ -165,30 +176,53 @@ def main():
     output_dir = arguments.output_dir or REPOSITORY / "outputs" / f"sweep_{name}"
     folders = train_dirs(arguments.data_dir)
     report = {
-        "grid": name, "command": command_line(), "device_name": device_name(torch.device(setting["device"])),
-        "setting": setting, "seeds": arguments.seeds, "configs": configs, "runs": [],
+        "grid": name,
+        "command": command_line(),
+        "device_name": device_name(torch.device(setting["device"])),
+        "setting": setting,
+        "seeds": arguments.seeds,
+        "configs": configs,
+        "runs": [],
     }
     started = time.perf_counter()
     for seed in arguments.seeds:
         for index, (config_name, flags) in enumerate(configs.items()):
             run_dir = output_dir / f"seed{seed}" / f"{index:02d}"
             job = {
-                "method": "pera", "flags": flags, "train_dir": folders, "model_size": setting["model_size"],
-                "config_overrides": setting["config_overrides"], "batch_size": setting["batch_size"],
-                "num_workers": setting["num_workers"], "device": setting["device"], "seed": seed,
+                "method": "pera",
+                "flags": flags,
+                "train_dir": folders,
+                "model_size": setting["model_size"],
+                "config_overrides": setting["config_overrides"],
+                "batch_size": setting["batch_size"],
+                "num_workers": setting["num_workers"],
+                "device": setting["device"],
+                "seed": seed,
                 "output_dir": str(run_dir),
             }
             if arguments.speed_only:
                 images_per_second = steady_images_per_second(job, arguments.calibration_steps)
                 report["runs"].append({"config": config_name, "seed": seed, "images_per_second": images_per_second})
             else:
-                run = train_for_budget(job, 60 * setting["budget_minutes"], arguments.calibration_steps, num_snapshots=1)
-                final = evaluate(run_dir / "encoder", arguments.data_dir, setting, final=True, segmentation=arguments.segmentation)
-                report["runs"].append({
-                    "config": config_name, "seed": seed, "steps": run["steps"], "train_seconds": run["train_seconds"],
-                    "calibrated_seconds_per_step": run["seconds_per_step"], "final": final,
-                    "last_losses": {key: run.get(key) for key in ("loss", "dino_loss", "pixel_loss", "teacher_entropy")},
-                })
+                run = train_for_budget(
+                    job, 60 * setting["budget_minutes"], arguments.calibration_steps, num_snapshots=1
+                )
+                final = evaluate(
+                    run_dir / "encoder", arguments.data_dir, setting, final=True, segmentation=arguments.segmentation
+                )
+                report["runs"].append(
+                    {
+                        "config": config_name,
+                        "seed": seed,
+                        "steps": run["steps"],
+                        "train_seconds": run["train_seconds"],
+                        "calibrated_seconds_per_step": run["seconds_per_step"],
+                        "final": final,
+                        "last_losses": {
+                            key: run.get(key) for key in ("loss", "dino_loss", "pixel_loss", "teacher_entropy")
+                        },
+                    }
+                )
             print(json.dumps(report["runs"][-1]), flush=True)
     output_json = arguments.output_json or REPOSITORY / "benchmarks" / "results" / f"sweep_{name}.json"
     if arguments.speed_only:
@@ -196,8 +230,12 @@ def main():
         publish(report, speed_table(report), output_json, arguments.markdown, f"sweep-{name}")
         return
     random_init = evaluate(
-        output_dir / f"seed{arguments.seeds[0]}" / "00" / "encoder", arguments.data_dir, setting, final=True,
-        segmentation=arguments.segmentation, random_init=True,
+        output_dir / f"seed{arguments.seeds[0]}" / "00" / "encoder",
+        arguments.data_dir,
+        setting,
+        final=True,
+        segmentation=arguments.segmentation,
+        random_init=True,
     )
     report["runs"].append({"config": "random init", "seed": None, "final": random_init})
     report["total_minutes"] = (time.perf_counter() - started) / 60

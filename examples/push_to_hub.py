@@ -27,7 +27,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     if not (args.model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"--model_dir {args.model_dir} holds no config.json: give the folder of a saved model.")
+        raise FileNotFoundError(
+            f"--model_dir {args.model_dir} holds no config.json: give the folder of a saved model."
+        )
     check_hub_access(args.hub_model_id, args.hub_token)
     if not (args.model_dir / "README.md").is_file():
         write_model_card(args.model_dir, repo_id=args.hub_model_id)

@@ -21,7 +21,9 @@ from modeling_pera.finetuning import ClassificationArguments, finetune_classific
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ClassificationArguments, TrainingArguments]:
-    parser = HfArgumentParser((ClassificationArguments, TrainingArguments), description=__doc__, formatter_class=HelpFormatter)
+    parser = HfArgumentParser(
+        (ClassificationArguments, TrainingArguments), description=__doc__, formatter_class=HelpFormatter
+    )
     return parser.parse_args_into_dataclasses(args=argv)
 
 

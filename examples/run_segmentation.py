@@ -19,7 +19,9 @@ from modeling_pera.finetuning import SegmentationArguments, finetune_segmentatio
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[SegmentationArguments, TrainingArguments]:
-    parser = HfArgumentParser((SegmentationArguments, TrainingArguments), description=__doc__, formatter_class=HelpFormatter)
+    parser = HfArgumentParser(
+        (SegmentationArguments, TrainingArguments), description=__doc__, formatter_class=HelpFormatter
+    )
     return parser.parse_args_into_dataclasses(args=argv)
 
 

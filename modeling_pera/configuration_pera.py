@@ -234,8 +234,16 @@ class PeraConfig(BackboneConfigMixin, PreTrainedConfig):
     def _check_ranges(self):
         """Each value in the range where the model computes something (not NaN, not a late ZeroDivisionError)."""
         positive_integers = (
-            "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "image_size", "patch_size",
-            "local_crop_size", "head_hidden_size", "head_bottleneck_size", "num_prototypes",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "image_size",
+            "patch_size",
+            "local_crop_size",
+            "head_hidden_size",
+            "head_bottleneck_size",
+            "num_prototypes",
         )
         for name in positive_integers:
             if getattr(self, name) < 1:
@@ -245,7 +253,9 @@ class PeraConfig(BackboneConfigMixin, PreTrainedConfig):
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value}.")
         unit_intervals = {
-            "center_momentum": (0, 1, "]"), "drop_path_rate": (0, 1, ")"), "hidden_dropout_prob": (0, 1, ")"),
+            "center_momentum": (0, 1, "]"),
+            "drop_path_rate": (0, 1, ")"),
+            "hidden_dropout_prob": (0, 1, ")"),
             "attention_probs_dropout_prob": (0, 1, ")"),
         }
         for name, (low, high, closing) in unit_intervals.items():
@@ -281,9 +291,7 @@ class PeraConfig(BackboneConfigMixin, PreTrainedConfig):
                 f"{self.num_hidden_layers})."
             )
         if self.teacher_centering not in TEACHER_CENTERINGS:
-            raise ValueError(
-                f"teacher_centering must be one of {TEACHER_CENTERINGS}, got {self.teacher_centering!r}."
-            )
+            raise ValueError(f"teacher_centering must be one of {TEACHER_CENTERINGS}, got {self.teacher_centering!r}.")
         if self.sinkhorn_iterations < 1:
             raise ValueError(f"sinkhorn_iterations must be at least 1, got {self.sinkhorn_iterations}.")
         if self.position_embedding_interpolation not in POSITION_EMBEDDING_INTERPOLATIONS:

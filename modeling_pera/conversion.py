@@ -244,9 +244,7 @@ def convert_reference_state_dict(state_dict: dict[str, torch.Tensor], config: Pe
     """
     num_hidden_layers = check_reference_keys(state_dict)
     if num_hidden_layers != config.num_hidden_layers:
-        raise ValueError(
-            f"The checkpoint has {num_hidden_layers} blocks but the config {config.num_hidden_layers}."
-        )
+        raise ValueError(f"The checkpoint has {num_hidden_layers} blocks but the config {config.num_hidden_layers}.")
     converted = {}
     for side, target in REFERENCE_SIDES.items():
         backbone = f"{side}.backbone"

@@ -507,8 +507,8 @@ class PretrainingIterableDataset(torch.utils.data.IterableDataset):
     ) -> None:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.rank = rank if rank is not None else (torch.distributed.get_rank() if distributed else 0)
-        self.world_size = world_size if world_size is not None else (
-            torch.distributed.get_world_size() if distributed else 1
+        self.world_size = (
+            world_size if world_size is not None else (torch.distributed.get_world_size() if distributed else 1)
         )
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank must lie in [0, world_size={self.world_size}), got {self.rank}.")
@@ -716,7 +716,9 @@ def load_pretraining_dataset(
         `ValueError`: when neither or an invalid combination is given, no image is found, the dataset cannot be
         loaded (the cause is chained: a wrong name, no network, offline mode) or it has no `image_column_name`.
     """
-    folders = None if train_dir is None else [train_dir] if isinstance(train_dir, (str, os.PathLike)) else list(train_dir)
+    folders = (
+        None if train_dir is None else [train_dir] if isinstance(train_dir, (str, os.PathLike)) else list(train_dir)
+    )
     if dataset_name is None:
         if not folders:
             raise ValueError("Give the pretraining images: a local folder (train_dir) or a dataset (dataset_name).")

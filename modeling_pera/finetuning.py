@@ -327,7 +327,9 @@ class FinetuningArguments:
     train_val_split: float = field(
         default=0.15, metadata={"help": "Fraction of each class held out for evaluation without --validation_dir."}
     )
-    image_size: int | None = field(default=None, metadata={"help": "Side of the square inputs (default: the processor's)."})
+    image_size: int | None = field(
+        default=None, metadata={"help": "Side of the square inputs (default: the processor's)."}
+    )
     layer_decay: float | None = field(
         default=None, metadata={"help": "Layer-wise learning-rate decay factor per block, e.g. 0.75 (default: none)."}
     )
@@ -534,9 +536,7 @@ def upernet_for_pera(
     return model
 
 
-def finetune_segmentation(
-    arguments: SegmentationArguments, training_arguments: TrainingArguments
-) -> dict[str, float]:
+def finetune_segmentation(arguments: SegmentationArguments, training_arguments: TrainingArguments) -> dict[str, float]:
     """
     Fine-tunes `UperNetForSemanticSegmentation` on a PerA backbone (see [`upernet_for_pera`]) on an image/mask folder
     ([`~modeling_pera.evaluation.SegmentationFolder`], e.g. GID-MTL5) with `Trainer`, the mask value
@@ -592,9 +592,7 @@ def finetune_segmentation(
         compute_metrics=functools.partial(
             segmentation_metrics, class_names=class_names, ignore_index=arguments.ignore_index
         ),
-        preprocess_logits_for_metrics=functools.partial(
-            segmentation_predictions, ignore_index=arguments.ignore_index
-        ),
+        preprocess_logits_for_metrics=functools.partial(segmentation_predictions, ignore_index=arguments.ignore_index),
         layer_decay=arguments.layer_decay,
     )
     return _train_and_evaluate(trainer)

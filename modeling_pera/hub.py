@@ -102,8 +102,8 @@ def _introduction(config: PeraConfig) -> str:
     else:
         contents = "This repository holds the teacher encoder, the network to use downstream."
     return (
-        f"A [PerA]({PAPER_URL}) encoder for remote-sensing images, for 🤗 transformers. PerA (\"perfectly aligned "
-        "sample pairs\") is a self-supervised, DINO-style self-distillation method: each student/teacher pair is one "
+        f'A [PerA]({PAPER_URL}) encoder for remote-sensing images, for 🤗 transformers. PerA ("perfectly aligned '
+        'sample pairs") is a self-supervised, DINO-style self-distillation method: each student/teacher pair is one '
         "crop with two photometric views, whose patches are split into disjoint random sets (here the student sees "
         f"{config.student_ratio:.0%}, the teacher {config.teacher_ratio:.0%}, and the student predicts the pixels of "
         "the rest from mask tokens). "

@@ -331,7 +331,12 @@ class PeraPreTrainedModel(PreTrainedModel):
     }
     _input_embed_layer = "patch_embeddings"
     # Loading an encoder from a pretraining checkpoint silently leaves out the student and the heads.
-    _keys_to_ignore_on_load_unexpected = [r"^student\.", r"^(student|teacher)_dino_head\.", r"^pixel_head\.", r"^center$"]
+    _keys_to_ignore_on_load_unexpected = [
+        r"^student\.",
+        r"^(student|teacher)_dino_head\.",
+        r"^pixel_head\.",
+        r"^center$",
+    ]
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -635,7 +640,10 @@ class PeraForPreTraining(PeraPreTrainedModel):
     def _paired_parameters(self, with_mask_token: bool) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """Matching lists of teacher and student parameters: backbone and DINO head."""
         teacher, student = [], []
-        for teacher_module, student_module in ((self.teacher, self.student), (self.teacher_dino_head, self.student_dino_head)):
+        for teacher_module, student_module in (
+            (self.teacher, self.student),
+            (self.teacher_dino_head, self.student_dino_head),
+        ):
             student_parameters = dict(student_module.named_parameters())
             for name, parameter in teacher_module.named_parameters():
                 if with_mask_token or name != "embeddings.mask_token":
@@ -718,7 +726,10 @@ class PeraForPreTraining(PeraPreTrainedModel):
         In training mode (with the reference's `teacher_centering="center"`), the call also moves the DINO centre with
         this step's teacher outputs (the targets of this step use the centre of the previous steps).
         """
-        if student_global_pixel_values.ndim != 5 or student_global_pixel_values.shape != teacher_global_pixel_values.shape:
+        if (
+            student_global_pixel_values.ndim != 5
+            or student_global_pixel_values.shape != teacher_global_pixel_values.shape
+        ):
             raise ValueError(
                 "student_global_pixel_values and teacher_global_pixel_values must both have shape (num_global_crops, "
                 f"batch_size, channels, height, width); got {tuple(student_global_pixel_values.shape)} and "
@@ -742,10 +753,14 @@ class PeraForPreTraining(PeraPreTrainedModel):
         global_student_index, global_predicted_index, global_teacher_index = self._draw_masks(
             global_noise, student_global_pixel_values
         )
-        crops = [(student_global_pixel_values, teacher_global_pixel_values, global_student_index, global_teacher_index)]
+        crops = [
+            (student_global_pixel_values, teacher_global_pixel_values, global_student_index, global_teacher_index)
+        ]
         if has_local_crops:
             local_student_index, _, local_teacher_index = self._draw_masks(local_noise, student_local_pixel_values)
-            crops.append((student_local_pixel_values, teacher_local_pixel_values, local_student_index, local_teacher_index))
+            crops.append(
+                (student_local_pixel_values, teacher_local_pixel_values, local_student_index, local_teacher_index)
+            )
 
         # Teacher: CLS + T of every crop. Crop sizes differ, so global and local crops are separate sequences.
         with torch.no_grad():
@@ -755,7 +770,9 @@ class PeraForPreTraining(PeraPreTrainedModel):
             ]
             teacher_logits = self.teacher_dino_head(torch.cat(teacher_cls))
             if self.config.teacher_centering == "sinkhorn_knopp":
-                teacher_probs = sinkhorn_knopp(teacher_logits.float() / teacher_temperature, self.config.sinkhorn_iterations)
+                teacher_probs = sinkhorn_knopp(
+                    teacher_logits.float() / teacher_temperature, self.config.sinkhorn_iterations
+                )
                 teacher_entropy = torch.special.entr(teacher_probs).sum(dim=-1).mean()
             else:
                 # float32 from here (the centre is float32), in place where possible: the logits are large
@@ -822,7 +839,9 @@ class PeraForPreTraining(PeraPreTrainedModel):
             pixel_loss=pixel_loss,
             teacher_entropy=teacher_entropy,
             center_norm=center_norm,
-            predicted_pixels=predicted_pixels.view(num_global_crops, batch_size, num_predicted, predicted_pixels.shape[-1]),
+            predicted_pixels=predicted_pixels.view(
+                num_global_crops, batch_size, num_predicted, predicted_pixels.shape[-1]
+            ),
             student_patch_index=global_student_index,
             predicted_patch_index=global_predicted_index,
             teacher_patch_index=global_teacher_index,

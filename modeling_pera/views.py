@@ -395,7 +395,9 @@ class AlignedPairViews:
                 crops = self._rescale(crops)
                 for role, photometry in (("student", student_photometry), ("teacher", teacher_photometry)):
                     # one view at a time, so that each skips the steps it does not take
-                    role_views = [apply_photometry(view[None], row[None], self.rgb) for view, row in zip(crops, photometry)]
+                    role_views = [
+                        apply_photometry(view[None], row[None], self.rgb) for view, row in zip(crops, photometry)
+                    ]
                     views[f"{role}_{kind}"] = self._normalize(torch.cat(role_views) if count else crops)
         return views
 

@@ -13,7 +13,13 @@ from pera_testing import tiny_config
 
 def test_mae_config_takes_the_pera_encoder_and_a_decoder_that_fits_it():
     tiny = mae_config_from_pera(tiny_config(num_channels=4))
-    assert (tiny.hidden_size, tiny.num_hidden_layers, tiny.patch_size, tiny.image_size, tiny.num_channels) == (32, 2, 8, 32, 4)
+    assert (tiny.hidden_size, tiny.num_hidden_layers, tiny.patch_size, tiny.image_size, tiny.num_channels) == (
+        32,
+        2,
+        8,
+        32,
+        4,
+    )
     assert (tiny.decoder_hidden_size, tiny.decoder_num_hidden_layers) == (32, 4)
     assert tiny.mask_ratio == 0.75 and tiny.norm_pix_loss
     base = mae_config_from_pera(PeraConfig.from_preset("vit-base"))
@@ -49,8 +55,15 @@ def test_pretrain_mae_saves_snapshots_that_the_evaluation_loads(tmp_path):
     before = model.vit.embeddings.patch_embeddings.projection.weight.detach().clone()
     processor = PeraImageProcessor.from_preset("pera-rgb", size={"height": 32, "width": 32})
     summary = pretrain_mae(
-        model, pera_config, processor, train_dir=[str(write_images(tmp_path / "images"))],
-        output_dir=tmp_path / "mae", total_steps=3, batch_size=4, num_workers=0, snapshot_steps=(1,),
+        model,
+        pera_config,
+        processor,
+        train_dir=[str(write_images(tmp_path / "images"))],
+        output_dir=tmp_path / "mae",
+        total_steps=3,
+        batch_size=4,
+        num_workers=0,
+        snapshot_steps=(1,),
     )
     assert summary["completed_steps"] == 3 and summary["train_seconds"] > 0
     assert np.isfinite(summary["loss_history"][-1][1])
@@ -61,7 +74,9 @@ def test_pretrain_mae_saves_snapshots_that_the_evaluation_loads(tmp_path):
         # the same preprocessing as the PerA encoders it is compared with
         assert type(loaded_processor).__name__ == "PeraImageProcessor"
     final, _ = load_encoder(tmp_path / "mae" / "encoder")
-    assert torch.equal(final.embeddings.patch_embeddings.projection.weight, model.vit.embeddings.patch_embeddings.projection.weight)
+    assert torch.equal(
+        final.embeddings.patch_embeddings.projection.weight, model.vit.embeddings.patch_embeddings.projection.weight
+    )
 
 
 def test_pretrain_mae_refuses_a_diverged_loss(tmp_path):
@@ -72,7 +87,13 @@ def test_pretrain_mae_refuses_a_diverged_loss(tmp_path):
     processor = PeraImageProcessor.from_preset("pera-rgb", size={"height": 32, "width": 32})
     with pytest.raises(FloatingPointError, match="lower the lr"):
         pretrain_mae(
-            model, pera_config, processor, train_dir=[str(write_images(tmp_path / "images"))],
-            output_dir=tmp_path / "mae", total_steps=10, batch_size=4, num_workers=0,
+            model,
+            pera_config,
+            processor,
+            train_dir=[str(write_images(tmp_path / "images"))],
+            output_dir=tmp_path / "mae",
+            total_steps=10,
+            batch_size=4,
+            num_workers=0,
         )
     assert not (tmp_path / "mae" / "encoder").exists()

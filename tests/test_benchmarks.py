@@ -33,10 +33,26 @@ def test_representation_benchmark_trains_and_evaluates_every_method(tmp_path):
     markdown.parent.mkdir()
     markdown.write_text("# Benchmarks\n\nkept text\n")
     command = [
-        sys.executable, str(REPO_ROOT / "benchmarks" / "representation.py"), "--data_dir", str(data_dir),
-        "--model_size", "vit-tiny", "--config_overrides", tiny_config_overrides(num_local_crops=2),
-        "--batch_size", "4", "--budget_minutes", "0.005", "--calibration_steps", "2", "--num_snapshots", "2",
-        "--output_dir", str(tmp_path / "out"), "--markdown", str(markdown),
+        sys.executable,
+        str(REPO_ROOT / "benchmarks" / "representation.py"),
+        "--data_dir",
+        str(data_dir),
+        "--model_size",
+        "vit-tiny",
+        "--config_overrides",
+        tiny_config_overrides(num_local_crops=2),
+        "--batch_size",
+        "4",
+        "--budget_minutes",
+        "0.005",
+        "--calibration_steps",
+        "2",
+        "--num_snapshots",
+        "2",
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--markdown",
+        str(markdown),
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
@@ -56,10 +72,29 @@ def test_representation_benchmark_trains_and_evaluates_every_method(tmp_path):
 def test_step_benchmark_measures_every_variant_on_cpu(tmp_path):
     data_dir = write_labelled_images(tmp_path / "data")
     command = [
-        sys.executable, str(REPO_ROOT / "benchmarks" / "step.py"), "--device", "cpu", "--model_size", "vit-tiny",
-        "--config_overrides", tiny_config_overrides(num_local_crops=2), "--batch_sizes", "2", "--steps", "2",
-        "--warmup", "1", "--output_json", str(tmp_path / "step.json"), "--train_dir", str(data_dir / "ucmerced"),
-        "--photometry_on_device", "--num_workers", "0", "--activation_checkpointing", "selective",
+        sys.executable,
+        str(REPO_ROOT / "benchmarks" / "step.py"),
+        "--device",
+        "cpu",
+        "--model_size",
+        "vit-tiny",
+        "--config_overrides",
+        tiny_config_overrides(num_local_crops=2),
+        "--batch_sizes",
+        "2",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--output_json",
+        str(tmp_path / "step.json"),
+        "--train_dir",
+        str(data_dir / "ucmerced"),
+        "--photometry_on_device",
+        "--num_workers",
+        "0",
+        "--activation_checkpointing",
+        "selective",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -74,16 +109,36 @@ def test_data_benchmark_compares_photometry_in_the_workers_and_on_the_device(tmp
     data_dir = write_labelled_images(tmp_path / "data")
     markdown = tmp_path / "benchmarks.md"
     command = [
-        sys.executable, str(REPO_ROOT / "benchmarks" / "data.py"), "--train_dir", str(data_dir / "ucmerced"),
-        "--model_size", "vit-tiny", "--config_overrides", tiny_config_overrides(num_local_crops=2), "--batch_size", "4",
-        "--batches", "2", "--num_workers", "0", "1", "--device", "cpu", "--output_json", str(tmp_path / "data.json"),
-        "--markdown", str(markdown),
+        sys.executable,
+        str(REPO_ROOT / "benchmarks" / "data.py"),
+        "--train_dir",
+        str(data_dir / "ucmerced"),
+        "--model_size",
+        "vit-tiny",
+        "--config_overrides",
+        tiny_config_overrides(num_local_crops=2),
+        "--batch_size",
+        "4",
+        "--batches",
+        "2",
+        "--num_workers",
+        "0",
+        "1",
+        "--device",
+        "cpu",
+        "--output_json",
+        str(tmp_path / "data.json"),
+        "--markdown",
+        str(markdown),
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads((tmp_path / "data.json").read_text())["rows"]
     assert [(row["mode"], row["num_workers"]) for row in rows] == [
-        ("in_loader", 0), ("on_device", 0), ("in_loader", 1), ("on_device", 1)
+        ("in_loader", 0),
+        ("on_device", 0),
+        ("in_loader", 1),
+        ("on_device", 1),
     ]
     in_loader, on_device = rows[:2]
     # float32 views of both roles against one 8-bit crop: 2 roles x 4 bytes
@@ -94,8 +149,18 @@ def test_data_benchmark_compares_photometry_in_the_workers_and_on_the_device(tmp
 
 def test_dino_loss_benchmark_compares_both_implementations(tmp_path):
     command = [
-        sys.executable, str(REPO_ROOT / "benchmarks" / "dino_loss.py"), "--device", "cpu", "--rows", "20",
-        "--num_prototypes", "512", "--repeats", "1", "--output_json", str(tmp_path / "loss.json"),
+        sys.executable,
+        str(REPO_ROOT / "benchmarks" / "dino_loss.py"),
+        "--device",
+        "cpu",
+        "--rows",
+        "20",
+        "--num_prototypes",
+        "512",
+        "--repeats",
+        "1",
+        "--output_json",
+        str(tmp_path / "loss.json"),
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -107,17 +172,38 @@ def test_dino_loss_benchmark_compares_both_implementations(tmp_path):
 def test_sweep_trains_every_configuration_for_the_budget_and_reports_mean_and_spread(tmp_path):
     data_dir = write_labelled_images(tmp_path / "data")
     grid = tmp_path / "tiny_grid.json"
-    grid.write_text(json.dumps({
-        "setting": "cpu", "budget_minutes": 0.005, "config_overrides": tiny_config_overrides(num_local_crops=2),
-        "configs": {"recipe": {}, "lr 1e-3": {"learning_rate": 1e-3, "config_overrides": "num_local_crops=1"}},
-    }))
+    grid.write_text(
+        json.dumps(
+            {
+                "setting": "cpu",
+                "budget_minutes": 0.005,
+                "config_overrides": tiny_config_overrides(num_local_crops=2),
+                "configs": {"recipe": {}, "lr 1e-3": {"learning_rate": 1e-3, "config_overrides": "num_local_crops=1"}},
+            }
+        )
+    )
     markdown = tmp_path / "docs" / "benchmarks.md"
     markdown.parent.mkdir()
     markdown.write_text("# Benchmarks\n\nkept text\n")
     command = [
-        sys.executable, str(REPO_ROOT / "benchmarks" / "sweep.py"), str(grid), "--seeds", "0", "1", "--data_dir",
-        str(data_dir), "--batch_size", "4", "--calibration_steps", "2", "--output_dir", str(tmp_path / "runs"),
-        "--output_json", str(tmp_path / "sweep.json"), "--markdown", str(markdown),
+        sys.executable,
+        str(REPO_ROOT / "benchmarks" / "sweep.py"),
+        str(grid),
+        "--seeds",
+        "0",
+        "1",
+        "--data_dir",
+        str(data_dir),
+        "--batch_size",
+        "4",
+        "--calibration_steps",
+        "2",
+        "--output_dir",
+        str(tmp_path / "runs"),
+        "--output_json",
+        str(tmp_path / "sweep.json"),
+        "--markdown",
+        str(markdown),
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
@@ -139,14 +225,30 @@ def test_sweep_trains_every_configuration_for_the_budget_and_reports_mean_and_sp
 def test_sweep_speed_only_reports_images_per_second_of_each_configuration(tmp_path):
     data_dir = write_labelled_images(tmp_path / "data")
     grid = tmp_path / "speed.json"
-    grid.write_text(json.dumps({
-        "setting": "cpu", "config_overrides": tiny_config_overrides(num_local_crops=2),
-        "configs": {"in the workers": {"photometry_on_device": False}, "on the device": {}},
-    }))
+    grid.write_text(
+        json.dumps(
+            {
+                "setting": "cpu",
+                "config_overrides": tiny_config_overrides(num_local_crops=2),
+                "configs": {"in the workers": {"photometry_on_device": False}, "on the device": {}},
+            }
+        )
+    )
     command = [
-        sys.executable, str(REPO_ROOT / "benchmarks" / "sweep.py"), str(grid), "--speed_only", "--data_dir",
-        str(data_dir), "--batch_size", "4", "--calibration_steps", "4", "--output_dir", str(tmp_path / "runs"),
-        "--output_json", str(tmp_path / "speed.json"),
+        sys.executable,
+        str(REPO_ROOT / "benchmarks" / "sweep.py"),
+        str(grid),
+        "--speed_only",
+        "--data_dir",
+        str(data_dir),
+        "--batch_size",
+        "4",
+        "--calibration_steps",
+        "4",
+        "--output_dir",
+        str(tmp_path / "runs"),
+        "--output_json",
+        str(tmp_path / "speed.json"),
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]

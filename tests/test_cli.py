@@ -110,10 +110,21 @@ def test_a_second_ctrl_c_stops_at_once():
 
 
 def test_the_resume_command_drops_overwrite_and_an_earlier_resume(monkeypatch):
-    monkeypatch.setattr(sys, "argv", [
-        "examples/run_pretraining.py", "--train_dir", "a b", "--overwrite_output_dir", "--output_dir", "out",
-        "--resume_from_checkpoint=out/checkpoints/step_2", "--seed", "1",
-    ])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "examples/run_pretraining.py",
+            "--train_dir",
+            "a b",
+            "--overwrite_output_dir",
+            "--output_dir",
+            "out",
+            "--resume_from_checkpoint=out/checkpoints/step_2",
+            "--seed",
+            "1",
+        ],
+    )
     assert loop.resume_command(1) == (
         "python examples/run_pretraining.py --train_dir 'a b' --output_dir out --seed 1 "
         "--resume_from_checkpoint latest"
@@ -125,14 +136,33 @@ def test_ctrl_c_in_a_terminal_stops_the_script_cleanly_and_its_command_resumes(i
     """As a terminal does: SIGINT to the whole process group (the DataLoader worker too)."""
     run = tmp_path / "run"
     flags = [
-        "--train_dir", str(images), "--output_dir", str(run), "--overwrite_output_dir",
-        "--config_overrides", arguments(images, run).config_overrides, "--per_device_train_batch_size", "4",
-        "--max_train_steps", "100000", "--checkpointing_steps", "2", "--logging_steps", "1",
-        "--dataloader_num_workers", "1", "--recipe", "short-budget",
+        "--train_dir",
+        str(images),
+        "--output_dir",
+        str(run),
+        "--overwrite_output_dir",
+        "--config_overrides",
+        arguments(images, run).config_overrides,
+        "--per_device_train_batch_size",
+        "4",
+        "--max_train_steps",
+        "100000",
+        "--checkpointing_steps",
+        "2",
+        "--logging_steps",
+        "1",
+        "--dataloader_num_workers",
+        "1",
+        "--recipe",
+        "short-budget",
     ]
     process = subprocess.Popen(
-        [sys.executable, "examples/run_pretraining.py", *flags], cwd=REPOSITORY, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
+        [sys.executable, "examples/run_pretraining.py", *flags],
+        cwd=REPOSITORY,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 600
     while not (run / "checkpoints" / "step_2").is_dir() and process.poll() is None and time.monotonic() < deadline:
@@ -210,8 +240,12 @@ def test_run_cli_exits_with_the_signal_s_status(capsys):
 def test_a_script_given_an_empty_folder_prints_one_line_and_no_traceback(tmp_path):
     (tmp_path / "empty").mkdir()
     command = [
-        sys.executable, "examples/run_pretraining.py", "--train_dir", str(tmp_path / "empty"),
-        "--output_dir", str(tmp_path / "run"),
+        sys.executable,
+        "examples/run_pretraining.py",
+        "--train_dir",
+        str(tmp_path / "empty"),
+        "--output_dir",
+        str(tmp_path / "run"),
     ]
     result = subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True)
     assert result.returncode == 1

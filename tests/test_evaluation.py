@@ -240,9 +240,7 @@ def ucmerced_paths(shared_data: Path) -> list[Path]:
     if not root.is_dir():
         pytest.skip(f"UC Merced not found at {root}")
     return [
-        path
-        for name in UCMERCED_CLASSES
-        for path in sorted((root / name).glob("*.jpg"))[:UCMERCED_IMAGES_PER_CLASS]
+        path for name in UCMERCED_CLASSES for path in sorted((root / name).glob("*.jpg"))[:UCMERCED_IMAGES_PER_CLASS]
     ]
 
 

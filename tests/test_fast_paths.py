@@ -14,7 +14,9 @@ from pera_testing import tiny_config
 from test_modeling_pera import crops
 
 
-def loss_and_gradients(model: PeraForPreTraining, inputs: dict, seed: int = 0, bf16: bool = False) -> tuple[dict, dict]:
+def loss_and_gradients(
+    model: PeraForPreTraining, inputs: dict, seed: int = 0, bf16: bool = False
+) -> tuple[dict, dict]:
     """The losses of one training forward (under bf16 autocast with `bf16`) and the gradients of the trainable
     parameters."""
     model.zero_grad(set_to_none=True)
@@ -23,7 +25,9 @@ def loss_and_gradients(model: PeraForPreTraining, inputs: dict, seed: int = 0, b
         outputs = model(**inputs, teacher_temperature=0.04)
     outputs.loss.backward()
     losses = {name: outputs[name].detach() for name in ("loss", "dino_loss", "koleo_loss", "pixel_loss")}
-    gradients = {name: parameter.grad.clone() for name, parameter in model.named_parameters() if parameter.grad is not None}
+    gradients = {
+        name: parameter.grad.clone() for name, parameter in model.named_parameters() if parameter.grad is not None
+    }
     return losses, gradients
 
 
@@ -85,7 +89,9 @@ def test_activation_checkpointing_gives_the_same_losses_and_gradients(mode, bf16
     assert_same_step(expected, got, atol=1e-2 if bf16 else 1e-6, relative_to_largest=bf16)
 
 
-@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="torch.compile needs a C++ compiler")
+@pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("c++") is None, reason="torch.compile needs a C++ compiler"
+)
 def test_compiled_model_gives_the_same_losses_and_gradients():
     plain, compiled = twin_models()
     inputs = crops(plain.config)
@@ -106,7 +112,9 @@ def test_chunked_dino_cross_entropy_matches_the_plain_expression(dtype):
     (chunked_gradient,) = torch.autograd.grad(2.5 * chunked, logits)
     assert chunked_gradient.dtype == dtype
     torch.testing.assert_close(chunked, plain, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(chunked_gradient.float(), plain_gradient.float(), rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        chunked_gradient.float(), plain_gradient.float(), rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-6
+    )
 
 
 def test_attention_saves_one_low_precision_copy_of_its_input_under_autocast():
@@ -142,7 +150,9 @@ def test_training_step_reads_nothing_back_to_the_host():
     config = tiny_config(num_local_crops=2)
     views = AlignedPairViews(config, PeraImageProcessor(), defer_photometry=True)
     images = [torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8) for _ in range(3)]
-    batch = pretraining_collate([views(image, torch.Generator().manual_seed(seed)) for seed, image in enumerate(images)])
+    batch = pretraining_collate(
+        [views(image, torch.Generator().manual_seed(seed)) for seed, image in enumerate(images)]
+    )
     pop_sample_counts(batch)
     batch = views.finish_batch({name: tensor.to("meta") for name, tensor in batch.items()})
     model = PeraForPreTraining(config).train().to("meta")

@@ -103,7 +103,9 @@ def test_random_resized_crop_transform_takes_any_band_count(tmp_path):
     pixel_values = transform(tmp_path / "rgbn.tif")
     assert pixel_values.shape == (4, 24, 24) and pixel_values.dtype == torch.float32
     expected = (band_values / 255 - np.array(processor.image_mean)) / np.array(processor.image_std)
-    torch.testing.assert_close(pixel_values, torch.tensor(expected, dtype=torch.float32)[:, None, None].expand(4, 24, 24))
+    torch.testing.assert_close(
+        pixel_values, torch.tensor(expected, dtype=torch.float32)[:, None, None].expand(4, 24, 24)
+    )
 
 
 def test_random_resized_crop_transform_is_random_and_seeded(tmp_path):
@@ -166,8 +168,11 @@ def finetuned(checkpoints, tmp_path_factory) -> Path:
 def test_trainer_fine_tuning_separates_the_classes(finetuned):
     metrics = json.loads((finetuned / "all_results.json").read_text())
     assert metrics["eval_accuracy"] == 1.0 and metrics["eval_mean_per_class_accuracy"] == 1.0
-    losses = [entry["loss"] for entry in json.loads((finetuned / "trainer_state.json").read_text())["log_history"]
-              if "loss" in entry]
+    losses = [
+        entry["loss"]
+        for entry in json.loads((finetuned / "trainer_state.json").read_text())["log_history"]
+        if "loss" in entry
+    ]
     assert len(losses) == 20  # 27 training images (9 per class), batches of 6, 4 epochs
     assert np.mean(losses[-4:]) < 0.5 * np.mean(losses[:4])
 

@@ -260,7 +260,9 @@ class PeraModelTest(ModelTesterMixin, unittest.TestCase):
         for model_class in self.all_model_classes:
             model = model_class(config).to(torch_device).eval()
             output_name = {
-                PeraModel: "last_hidden_state", PeraForImageClassification: "logits", PeraBackbone: "feature_maps"
+                PeraModel: "last_hidden_state",
+                PeraForImageClassification: "logits",
+                PeraBackbone: "feature_maps",
             }[model_class]
             for image_size in (self.model_tester.image_size, 2 * self.model_tester.image_size):
                 with self.subTest(model_class.__name__, image_size=image_size):
@@ -284,9 +286,7 @@ class PeraModelTest(ModelTesterMixin, unittest.TestCase):
         program = torch.export.export(model, args=(), kwargs=sparse_inputs(), strict=False)
         inputs = sparse_inputs()
         with torch.no_grad():
-            torch.testing.assert_close(
-                program.module()(**inputs).last_hidden_state, model(**inputs).last_hidden_state
-            )
+            torch.testing.assert_close(program.module()(**inputs).last_hidden_state, model(**inputs).last_hidden_state)
 
 
 @require_torch

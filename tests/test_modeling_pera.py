@@ -17,7 +17,9 @@ BATCH = 3
 
 def tiny_config(**overrides) -> PeraConfig:
     # deeper than the shared tiny model, so the mask tokens join after two blocks; no drop path, for exact comparisons
-    return shared_tiny_config(**{"num_hidden_layers": 4, "num_local_crops": 3, "head_hidden_size": 48, "drop_path_rate": 0.0, **overrides})
+    return shared_tiny_config(
+        **{"num_hidden_layers": 4, "num_local_crops": 3, "head_hidden_size": 48, "drop_path_rate": 0.0, **overrides}
+    )
 
 
 def crops(config: PeraConfig, batch_size: int = BATCH, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -44,7 +46,9 @@ def set_patch(pixel_values: torch.Tensor, patch: int, patch_size: int, value: fl
     pixel_values = pixel_values.clone()
     grid_width = pixel_values.shape[-1] // patch_size
     row, column = divmod(patch, grid_width)
-    pixel_values[..., row * patch_size : (row + 1) * patch_size, column * patch_size : (column + 1) * patch_size] = value
+    pixel_values[..., row * patch_size : (row + 1) * patch_size, column * patch_size : (column + 1) * patch_size] = (
+        value
+    )
     return pixel_values
 
 
@@ -103,7 +107,11 @@ def test_student_ignores_r_and_t_pixels_and_mask_tokens_join_halfway():
     noise = torch.rand(BATCH, 16)
     student, predicted, teacher = pera_mask_indices(noise, config.student_ratio, config.teacher_ratio)
     # the same patch set for every image, so one edit hits the same set everywhere
-    student, predicted, teacher = student[:1].expand(BATCH, -1), predicted[:1].expand(BATCH, -1), teacher[:1].expand(BATCH, -1)
+    student, predicted, teacher = (
+        student[:1].expand(BATCH, -1),
+        predicted[:1].expand(BATCH, -1),
+        teacher[:1].expand(BATCH, -1),
+    )
 
     def run(images):
         return model.student(
@@ -129,7 +137,9 @@ def test_teacher_output_depends_only_on_its_patches():
     inputs = crops(config, seed=1)
     # one noise row for all crops and images, so that a patch edit hits the same set everywhere
     inputs["global_noise"] = inputs["global_noise"][:1, :1].expand_as(inputs["global_noise"]).contiguous()
-    student, predicted, teacher = pera_mask_indices(inputs["global_noise"][0, 0], config.student_ratio, config.teacher_ratio)
+    student, predicted, teacher = pera_mask_indices(
+        inputs["global_noise"][0, 0], config.student_ratio, config.teacher_ratio
+    )
 
     def teacher_entropy(teacher_view):
         return model(**{**inputs, "teacher_global_pixel_values": teacher_view}).teacher_entropy
@@ -177,7 +187,9 @@ def reference_encoder(encoder: PeraModel, image, visible, masked=None):
             order = sorted(processed)
             sequence = torch.cat((sequence[:1], torch.stack([processed[p] for p in order])))
         sequence = reference_block(layer, sequence, config)
-    sequence = F.layer_norm(sequence, (config.hidden_size,), encoder.layernorm.weight, encoder.layernorm.bias, config.layer_norm_eps)
+    sequence = F.layer_norm(
+        sequence, (config.hidden_size,), encoder.layernorm.weight, encoder.layernorm.bias, config.layer_norm_eps
+    )
     return sequence[0], dict(zip(order, sequence[1:]))
 
 
@@ -284,7 +296,9 @@ def test_update_teacher_is_an_exact_ema():
     model = PeraForPreTraining(config)
     for parameter in list(model.student.parameters()) + list(model.student_dino_head.parameters()):
         parameter.add_(torch.randn_like(parameter))
-    teacher_before = {name: p.clone() for name, p in model.named_parameters() if name.startswith(("pera.", "teacher_"))}
+    teacher_before = {
+        name: p.clone() for name, p in model.named_parameters() if name.startswith(("pera.", "teacher_"))
+    }
     pixel_head_before = {name: p.clone() for name, p in model.pixel_head.named_parameters()}
     momentum = 0.9
     model.update_teacher(momentum)
@@ -308,7 +322,9 @@ def test_center_moves_in_training_only_and_is_saved(tmp_path):
     assert outputs.center_norm == 0  # this step's targets used the centre from before the step
     with torch.no_grad():
         teacher_cls = [
-            model.pera(inputs[f"teacher_{kind}_pixel_values"].flatten(0, 1), visible_patch_index=index.flatten(0, 1)).pooler_output
+            model.pera(
+                inputs[f"teacher_{kind}_pixel_values"].flatten(0, 1), visible_patch_index=index.flatten(0, 1)
+            ).pooler_output
             for kind, index in (
                 ("global", pera_mask_indices(inputs["global_noise"], 0.2, 0.6)[2]),
                 ("local", pera_mask_indices(inputs["local_noise"], 0.2, 0.6)[2]),
@@ -356,7 +372,11 @@ def test_automodel_on_a_pretraining_checkpoint_is_the_teacher(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="transformers"):
         encoder = AutoModel.from_pretrained(tmp_path)
     assert type(encoder) is PeraModel
-    assert not [record for record in caplog.records if "not used" in record.getMessage() or "unexpected" in record.getMessage().lower()]
+    assert not [
+        record
+        for record in caplog.records
+        if "not used" in record.getMessage() or "unexpected" in record.getMessage().lower()
+    ]
     for name, tensor in encoder.state_dict().items():
         assert torch.equal(tensor, model.pera.state_dict()[name]), name
     classifier = AutoModelForImageClassification.from_pretrained(tmp_path, num_labels=5)
@@ -432,7 +452,9 @@ def test_bool_masked_pos_matches_index_inputs_and_keeps_raster_order():
     by_index = model(images, visible_patch_index=order[:, :8], masked_patch_index=order[:, 8:])
     for image in range(2):
         for position, patch in enumerate(order[image].tolist()):
-            torch.testing.assert_close(outputs.last_hidden_state[image, 1 + patch], by_index.last_hidden_state[image, 1 + position])
+            torch.testing.assert_close(
+                outputs.last_hidden_state[image, 1 + patch], by_index.last_hidden_state[image, 1 + position]
+            )
 
 
 def test_classifier_mask_token_stays_frozen_after_loading(tmp_path):
@@ -457,7 +479,9 @@ def test_full_view_baseline_shows_every_patch_to_both_networks():
     views = inputs["teacher_global_pixel_values"]
     for patch in (0, num_patches - 1):
         edited = set_patch(views.flatten(0, 1), patch, config.patch_size, 100.0).view_as(views)
-        assert not torch.equal(model(**{**inputs, "teacher_global_pixel_values": edited}).teacher_entropy, outputs.teacher_entropy)
+        assert not torch.equal(
+            model(**{**inputs, "teacher_global_pixel_values": edited}).teacher_entropy, outputs.teacher_entropy
+        )
 
 
 def test_drop_path_drops_whole_samples_and_keeps_the_expectation():

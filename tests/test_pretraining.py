@@ -72,7 +72,11 @@ def load_encoder_without_package(encoder_dir: Path, num_channels: int) -> str:
 def test_schedules_follow_the_reference_shapes():
     schedule = PretrainingSchedule(total_steps=200)
     start, warm, end = schedule.at(0), schedule.at(20), schedule.at(200)
-    assert start.learning_rate == 0 and warm.learning_rate == pytest.approx(1e-3) and end.learning_rate == pytest.approx(1e-6)
+    assert (
+        start.learning_rate == 0
+        and warm.learning_rate == pytest.approx(1e-3)
+        and end.learning_rate == pytest.approx(1e-6)
+    )
     assert start.weight_decay == pytest.approx(0.04) and end.weight_decay == pytest.approx(0.2)
     assert start.momentum == pytest.approx(0.992) and end.momentum == pytest.approx(1.0)
     assert start.teacher_temperature == pytest.approx(0.03)
@@ -90,9 +94,14 @@ def test_only_student_matrices_are_decayed():
     not_decayed_names = {names[id(p)] for p in not_decayed["params"]}
     assert not any(name.startswith(("pera.", "teacher_dino_head.")) for name in decayed_names | not_decayed_names)
     assert "student.layers.0.attention.q_proj.weight" in decayed_names
-    assert {"student.layers.0.attention.q_proj.bias", "student.layers.0.norm1.weight", "student.embeddings.cls_token",
-            "student.embeddings.mask_token", "student.embeddings.position_embeddings",
-            "student_dino_head.last_layer.weight_g"} <= not_decayed_names
+    assert {
+        "student.layers.0.attention.q_proj.bias",
+        "student.layers.0.norm1.weight",
+        "student.embeddings.cls_token",
+        "student.embeddings.mask_token",
+        "student.embeddings.position_embeddings",
+        "student_dino_head.last_layer.weight_g",
+    } <= not_decayed_names
     assert len(decayed_names | not_decayed_names) == sum(p.requires_grad for p in model.parameters())
 
 
@@ -102,9 +111,23 @@ def test_script_on_real_images_exports_a_loadable_encoder(tmp_path, shared_data)
         images.mkdir(exist_ok=True)
         shutil.copy(path, images / f"{path.parent.name}_{path.name}")
     command = [
-        sys.executable, str(REPO_ROOT / "examples" / "run_pretraining.py"), "--train_dir", str(images),
-        "--output_dir", str(tmp_path / "run"), "--config_overrides", TINY_MODEL, "--per_device_train_batch_size", "4",
-        "--max_train_steps", "2", "--logging_steps", "1", "--dataloader_num_workers", "0", "--with_tracking",
+        sys.executable,
+        str(REPO_ROOT / "examples" / "run_pretraining.py"),
+        "--train_dir",
+        str(images),
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--config_overrides",
+        TINY_MODEL,
+        "--per_device_train_batch_size",
+        "4",
+        "--max_train_steps",
+        "2",
+        "--logging_steps",
+        "1",
+        "--dataloader_num_workers",
+        "0",
+        "--with_tracking",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -133,9 +156,7 @@ def test_resume_reaches_the_same_weights_and_losses(tmp_path):
     # a run stopped after step 2: only its step-2 checkpoint survives
     interrupted = tmp_path / "interrupted"
     shutil.copytree(tmp_path / "full" / "checkpoints" / "step_2", interrupted / "checkpoints" / "step_2")
-    resumed = pretrain(
-        tiny_arguments(images, interrupted, resume_from_checkpoint="latest", dataloader_num_workers=2)
-    )
+    resumed = pretrain(tiny_arguments(images, interrupted, resume_from_checkpoint="latest", dataloader_num_workers=2))
     assert resumed["loss_history"] == full["loss_history"][2:]
     expected = load_file(tmp_path / "full" / "model.safetensors")
     got = load_file(interrupted / "model.safetensors")
@@ -151,8 +172,12 @@ def test_recipes_fill_only_what_the_user_left_unset():
     short = PretrainingArguments(output_dir="out", recipe="short-budget")
     assert (short.learning_rate, short.momentum_start) == (2e-4, 0.95)
     assert short.model_config_overrides() == {
-        "num_prototypes": 1024, "drop_path_rate": 0.1, "head_hidden_size": 512, "head_bottleneck_size": 256,
-        "num_local_crops": 4, "normalize_pixel_targets": True,
+        "num_prototypes": 1024,
+        "drop_path_rate": 0.1,
+        "head_hidden_size": 512,
+        "head_bottleneck_size": 256,
+        "num_local_crops": 4,
+        "normalize_pixel_targets": True,
     }
     # an explicit flag wins, even one equal to the reference value
     explicit = PretrainingArguments(
@@ -169,7 +194,9 @@ def test_a_recipe_does_not_change_the_architecture_of_a_checkpoint(tmp_path):
     images = write_rgb_images(tmp_path / "images")
     pretrain(tiny_arguments(images, tmp_path / "first", max_train_steps=1))
     continued = build_model(
-        PretrainingArguments(output_dir=str(tmp_path / "second"), model_name_or_path=str(tmp_path / "first"), recipe="short-budget")
+        PretrainingArguments(
+            output_dir=str(tmp_path / "second"), model_name_or_path=str(tmp_path / "first"), recipe="short-budget"
+        )
     )
     assert continued.config.num_prototypes == 64  # the checkpoint's, not the recipe's 1024
     fresh = build_model(PretrainingArguments(output_dir="out", model_size="vit-tiny", recipe="short-budget"))
@@ -233,13 +260,21 @@ def test_two_process_run_keeps_ranks_in_step(tmp_path):
             torch.testing.assert_close(ranks[1]["state"][name], tensor, rtol=0, atol=0, msg=name)
     assert torch.count_nonzero(ranks[0]["state"]["center"]) > 0
     assert [path.name for path in (tmp_path / "run" / "checkpoints").iterdir()] == ["step_3"]
-    assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in (tmp_path / "run" / "checkpoints" / "step_3").iterdir()}
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= {
+        p.name for p in (tmp_path / "run" / "checkpoints" / "step_3").iterdir()
+    }
     # the 2-process checkpoint cannot continue exactly with 1 process (global batch, random states, data position)
     with pytest.raises(CheckpointError, match="num_processes was 2, now 1"):
-        pretrain(tiny_arguments(
-            images, tmp_path / "run", per_device_train_batch_size=2, max_train_steps=4, seed=5,
-            resume_from_checkpoint="latest",
-        ))
+        pretrain(
+            tiny_arguments(
+                images,
+                tmp_path / "run",
+                per_device_train_batch_size=2,
+                max_train_steps=4,
+                seed=5,
+                resume_from_checkpoint="latest",
+            )
+        )
 
 
 def test_photometry_on_device_trains_on_the_same_views(tmp_path):

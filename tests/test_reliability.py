@@ -35,8 +35,14 @@ TINY_MODEL = tiny_config_overrides(num_local_crops=2)
 
 def arguments(train_dir, output_dir, **overrides) -> PretrainingArguments:
     settings = dict(
-        train_dir=str(train_dir), output_dir=str(output_dir), config_overrides=TINY_MODEL,
-        per_device_train_batch_size=4, max_train_steps=4, logging_steps=1, dataloader_num_workers=0, seed=3,
+        train_dir=str(train_dir),
+        output_dir=str(output_dir),
+        config_overrides=TINY_MODEL,
+        per_device_train_batch_size=4,
+        max_train_steps=4,
+        logging_steps=1,
+        dataloader_num_workers=0,
+        seed=3,
     )
     return PretrainingArguments(**{**settings, **overrides})
 
@@ -67,10 +73,18 @@ def test_a_diverging_run_stops_before_saving_non_finite_weights(images, tmp_path
     # 4, 6, 8 held NaN, pruning deleted the last good one and the exports were NaN.
     run = tmp_path / "run"
     with pytest.raises(TrainingDivergedError, match=r"non-finite .*resume with --resume_from_checkpoint latest"):
-        pretrain(arguments(
-            images, run, learning_rate=1e6, max_train_steps=12, checkpointing_steps=2, logging_steps=10,
-            checkpoints_total_limit=2, warmup_fraction=0.0,
-        ))
+        pretrain(
+            arguments(
+                images,
+                run,
+                learning_rate=1e6,
+                max_train_steps=12,
+                checkpointing_steps=2,
+                logging_steps=10,
+                checkpoints_total_limit=2,
+                warmup_fraction=0.0,
+            )
+        )
     checkpoints = sorted((run / "checkpoints").glob("step_*"))
     for checkpoint in checkpoints:
         assert_finite(checkpoint / "model.safetensors")
@@ -91,8 +105,12 @@ def test_non_finite_weights_with_a_finite_loss_are_caught_before_a_save():
 
 def test_the_monitor_names_the_first_non_finite_step_and_its_loss_terms():
     monitor = DivergenceMonitor(Accelerator(cpu=True), completed_steps=10, checkpoints_dir="out/checkpoints")
-    finite = {"loss": torch.tensor(1.0), "dino_loss": torch.tensor(0.5), "koleo_loss": torch.tensor(0.1),
-              "pixel_loss": torch.tensor(0.4)}
+    finite = {
+        "loss": torch.tensor(1.0),
+        "dino_loss": torch.tensor(0.5),
+        "koleo_loss": torch.tensor(0.1),
+        "pixel_loss": torch.tensor(0.4),
+    }
     monitor.record(finite)
     monitor.record({**finite, "loss": torch.tensor(float("nan")), "pixel_loss": torch.tensor(float("inf"))})
     monitor.record(finite)  # later finite losses do not clear the flag
@@ -135,7 +153,9 @@ def test_a_new_run_refuses_a_folder_holding_another_run(images, tmp_path):
 
 def test_overwriting_the_folder_of_the_model_to_continue_from_is_refused(images, tmp_path):
     with pytest.raises(ValueError, match="lies in --output_dir"):
-        arguments(images, tmp_path / "run", model_name_or_path=str(tmp_path / "run" / "encoder"), overwrite_output_dir=True)
+        arguments(
+            images, tmp_path / "run", model_name_or_path=str(tmp_path / "run" / "encoder"), overwrite_output_dir=True
+        )
 
 
 def test_a_folder_without_a_run_is_used_as_it_is(images, tmp_path):
@@ -343,9 +363,17 @@ def test_pretraining_names_a_bit_depth_mismatch_of_the_data(tmp_path):
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("head_bottleneck_size", 0), ("student_temperature", 0.0), ("teacher_temperature", 0.0), ("center_momentum", 1.5),
-        ("layer_norm_eps", -1.0), ("num_attention_heads", 0), ("num_prototypes", 0), ("hidden_act", "nope"),
-        ("drop_path_rate", 1.5), ("hidden_size", 0), ("pixel_loss_weight", -1.0),
+        ("head_bottleneck_size", 0),
+        ("student_temperature", 0.0),
+        ("teacher_temperature", 0.0),
+        ("center_momentum", 1.5),
+        ("layer_norm_eps", -1.0),
+        ("num_attention_heads", 0),
+        ("num_prototypes", 0),
+        ("hidden_act", "nope"),
+        ("drop_path_rate", 1.5),
+        ("hidden_size", 0),
+        ("pixel_loss_weight", -1.0),
     ],
 )
 def test_the_config_rejects_nonsense_values_naming_the_field(field, value):
@@ -361,8 +389,14 @@ def test_the_teacher_refuses_a_momentum_outside_0_1():
 
 @pytest.mark.parametrize(
     "flag, value",
-    [("max_train_steps", 0), ("checkpoints_total_limit", 0), ("logging_steps", 0), ("learning_rate", -1.0),
-     ("teacher_temperature_end", 0.0), ("momentum_start", 1.5)],
+    [
+        ("max_train_steps", 0),
+        ("checkpoints_total_limit", 0),
+        ("logging_steps", 0),
+        ("learning_rate", -1.0),
+        ("teacher_temperature_end", 0.0),
+        ("momentum_start", 1.5),
+    ],
 )
 def test_flags_that_would_mean_something_else_are_refused(flag, value):
     with pytest.raises(ValueError, match=f"--{flag}"):

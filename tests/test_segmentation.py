@@ -281,7 +281,9 @@ def test_backbone_feature_maps_are_the_normalised_patch_tokens_of_each_stage():
         patch_tokens = backbone.pera.layernorm(encoder_outputs.hidden_states[stage])[:, 1:]
         torch.testing.assert_close(feature_map.flatten(2).transpose(1, 2), patch_tokens)
     # the last stage is the encoder's output
-    torch.testing.assert_close(outputs.feature_maps[-1].flatten(2).transpose(1, 2), encoder_outputs.last_hidden_state[:, 1:])
+    torch.testing.assert_close(
+        outputs.feature_maps[-1].flatten(2).transpose(1, 2), encoder_outputs.last_hidden_state[:, 1:]
+    )
     assert backbone(pixel_values).hidden_states is None
 
 

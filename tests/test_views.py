@@ -65,9 +65,7 @@ def test_sizes_counts_and_statistics_come_from_config_and_processor():
     with pytest.raises(ValueError, match="12 .*processor"):
         AlignedPairViews(config, processor)  # a 3-band model with a 12-band processor
 
-    config = PeraConfig(
-        image_size=32, local_crop_size=16, patch_size=8, num_local_crops=4, num_channels=12
-    )
+    config = PeraConfig(image_size=32, local_crop_size=16, patch_size=8, num_local_crops=4, num_channels=12)
     views = AlignedPairViews(config, processor)
     assert (views.global_crop_size, views.local_crop_size, views.num_global_crops, views.num_local_crops) == (
         32,
@@ -334,11 +332,17 @@ def test_batched_multispectral_photometry_follows_each_views_order():
         return x.mean(0, keepdim=True) + f * (x - x.mean(0, keepdim=True))
 
     expected = crops[0]
+
     def spectral_jitter(x, f):
         return x * f.view(-1, 1, 1)
 
     # view 0: brightness, then the per-band factors (the hue step), contrast, saturation
-    for operation, argument in ((brightness, 1.2), (spectral_jitter, band_factors[0]), (contrast, 0.8), (saturation, 1.3)):
+    for operation, argument in (
+        (brightness, 1.2),
+        (spectral_jitter, band_factors[0]),
+        (contrast, 0.8),
+        (saturation, 1.3),
+    ):
         expected = operation(expected, argument)
     batched = apply_photometry(crops, rows, rgb=False)
     torch.testing.assert_close(batched[0], expected)
@@ -353,7 +357,9 @@ def test_deferred_photometry_makes_the_same_views_batched(num_channels):
         images, tolerance = [smooth_image(seed=seed, low=10, high=245) for seed in range(3)], 2 / 255 / 0.2
         statistics = {"image_mean": [0.4, 0.5, 0.45], "image_std": [0.2, 0.25, 0.22]}
     else:
-        images = [torch.randint(200, 4000, (5, 40, 40), generator=generator(seed)).to(torch.int16) for seed in range(3)]
+        images = [
+            torch.randint(200, 4000, (5, 40, 40), generator=generator(seed)).to(torch.int16) for seed in range(3)
+        ]
         tolerance, statistics = 1e-4, {"rescale_factor": 1e-4}
     options = {
         "student_color_probability": 1.0,

@@ -220,7 +220,9 @@ def prepare(version: str | None = None) -> Path:
             staging.rename(root)
     except OSError as error:
         if not (complete.is_file() and complete.read_text(encoding="utf-8") == marker):
-            raise TransformersTestsUnavailable(f"could not unpack transformers' tests from {sdist}: {error}") from error
+            raise TransformersTestsUnavailable(
+                f"could not unpack transformers' tests from {sdist}: {error}"
+            ) from error
         # else another run put the same folder in place first
     except (tarfile.TarError, UnicodeDecodeError) as error:
         raise TransformersTestsUnavailable(f"could not unpack transformers' tests from {sdist}: {error}") from error
@@ -237,7 +239,9 @@ def load(version: str | None = None) -> SimpleNamespace:
     root = str(prepare(version))
     loaded = sys.modules.get(PACKAGE_NAME)
     if loaded is not None and Path(loaded.__file__).parent.parent != Path(root):
-        raise TransformersTestsUnavailable(f"another `{PACKAGE_NAME}` package is already imported from {loaded.__file__}")
+        raise TransformersTestsUnavailable(
+            f"another `{PACKAGE_NAME}` package is already imported from {loaded.__file__}"
+        )
     if root not in sys.path:
         sys.path.insert(0, root)
     with warnings.catch_warnings():

@@ -112,9 +112,7 @@ class SegmentationFolder:
         root = Path(root)
         images = ImageFolder.from_directory(root / "image")
         masks = ImageFolder.from_directory(root / "mask")
-        mask_by_name = {
-            (masks.class_names[label], path.stem): path for path, label in zip(masks.paths, masks.labels)
-        }
+        mask_by_name = {(masks.class_names[label], path.stem): path for path, label in zip(masks.paths, masks.labels)}
         mask_paths, missing = [], []
         for path, label in zip(images.paths, images.labels):
             mask_path = mask_by_name.get((images.class_names[label], path.stem))

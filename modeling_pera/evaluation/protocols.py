@@ -160,8 +160,19 @@ def evaluate_encoder(
     dataset = ImageFolder.from_directory(data_dir)
     train_index, test_index = stratified_split(dataset.labels, train_fraction, train_per_class, seed)
     features, setup = _encode_files(
-        model_name_or_path, dataset.paths, random_init, seed, image_size, pooling, batch_size, device, num_workers,
-        cache_path, progress_bar, trust_remote_code, bands,
+        model_name_or_path,
+        dataset.paths,
+        random_init,
+        seed,
+        image_size,
+        pooling,
+        batch_size,
+        device,
+        num_workers,
+        cache_path,
+        progress_bar,
+        trust_remote_code,
+        bands,
     )
 
     labels = torch.tensor(dataset.labels)
@@ -281,8 +292,19 @@ def evaluate_segmentation(
     masks = torch.from_numpy(masks.astype(np.uint8 if num_classes <= 256 else np.int64))
 
     features, setup = _encode_files(
-        model_name_or_path, dataset.image_paths, random_init, seed, image_size, PATCH_FEATURES, batch_size, device,
-        num_workers, cache_path, progress_bar, trust_remote_code, bands,
+        model_name_or_path,
+        dataset.image_paths,
+        random_init,
+        seed,
+        image_size,
+        PATCH_FEATURES,
+        batch_size,
+        device,
+        num_workers,
+        cache_path,
+        progress_bar,
+        trust_remote_code,
+        bands,
     )
 
     train_index, test_index = torch.tensor(train_index), torch.tensor(test_index)

@@ -69,9 +69,13 @@ def format_comparison(results: dict[str, Any], baseline: dict[str, Any], baselin
     for name, figure in figures.items():
         ours, theirs = figure(results), figure(baseline)
         if ours is not None and theirs is not None:
-            rows.append((name, f"{100 * ours:.2f} % against {100 * theirs:.2f} % ({100 * (ours - theirs):+.2f} points)"))
+            rows.append(
+                (name, f"{100 * ours:.2f} % against {100 * theirs:.2f} % ({100 * (ours - theirs):+.2f} points)")
+            )
     if not rows:
-        raise ValueError(f"The evaluation and {baseline_name} share no figure to compare (kNN, linear or segmentation).")
+        raise ValueError(
+            f"The evaluation and {baseline_name} share no figure to compare (kNN, linear or segmentation)."
+        )
     return _format_rows([("this encoder against", baseline_name), *rows])
 
 

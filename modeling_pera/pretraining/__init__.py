@@ -15,8 +15,21 @@ from .monitoring import TrainingDivergedError
 
 
 __all__ = [
-    "RECIPES", "CheckpointError", "CheckpointWriteError", "PretrainingArguments",
-    "TrainingDivergedError", "apply_schedule", "build_model", "build_processor", "enable_activation_checkpointing",
-    "export_encoder", "export_pretrained", "latest_checkpoint", "parse_config_overrides", "pretrain", "push_encoder",
-    "snapshot_directory", "student_parameter_groups",
+    "RECIPES",
+    "CheckpointError",
+    "CheckpointWriteError",
+    "PretrainingArguments",
+    "TrainingDivergedError",
+    "apply_schedule",
+    "build_model",
+    "build_processor",
+    "enable_activation_checkpointing",
+    "export_encoder",
+    "export_pretrained",
+    "latest_checkpoint",
+    "parse_config_overrides",
+    "pretrain",
+    "push_encoder",
+    "snapshot_directory",
+    "student_parameter_groups",
 ]

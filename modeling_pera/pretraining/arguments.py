@@ -49,17 +49,23 @@ class PretrainingArguments:
     train_dir: list[str] | None = field(
         default=None, metadata={"help": "Folder(s) of images, pooled (recursive; jpg/png/tif/GeoTIFF, band folders)."}
     )
-    dataset_name: str | None = field(default=None, metadata={"help": "A `datasets` dataset: a Hub id or 'imagefolder'."})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "A `datasets` dataset: a Hub id or 'imagefolder'."}
+    )
     dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration name."})
     image_column_name: str = field(default="image", metadata={"help": "The dataset column holding the images."})
     streaming: bool = field(default=False, metadata={"help": "Stream the dataset instead of downloading it."})
-    model_name_or_path: str | None = field(default=None, metadata={"help": "Continue from a PerA checkpoint or encoder."})
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Continue from a PerA checkpoint or encoder."}
+    )
     model_size: str = field(
         default="vit-small", metadata={"help": "Backbone size of a new model.", "choices": list(PERA_PRESETS)}
     )
     config_overrides: str | None = field(
         default=None,
-        metadata={"help": "Comma-separated config settings, e.g. 'image_size=224,local_crop_size=96,num_prototypes=8192'."},
+        metadata={
+            "help": "Comma-separated config settings, e.g. 'image_size=224,local_crop_size=96,num_prototypes=8192'."
+        },
     )
     recipe: str = field(
         default="reference",
@@ -101,13 +107,19 @@ class PretrainingArguments:
     )
     teacher_temperature_start: float = field(default=0.03, metadata={"help": "Teacher temperature at the start."})
     teacher_temperature_end: float = field(default=0.05, metadata={"help": "Teacher temperature after warm-up."})
-    teacher_temperature_warmup_fraction: float = field(default=0.15, metadata={"help": "Fraction of steps of warm-up."})
+    teacher_temperature_warmup_fraction: float = field(
+        default=0.15, metadata={"help": "Fraction of steps of warm-up."}
+    )
     max_grad_norm: float = field(default=3.0, metadata={"help": "Gradient clipping norm."})
-    checkpointing_steps: int | None = field(default=None, metadata={"help": "Save a resumable checkpoint every N steps."})
+    checkpointing_steps: int | None = field(
+        default=None, metadata={"help": "Save a resumable checkpoint every N steps."}
+    )
     checkpoints_total_limit: int = field(default=2, metadata={"help": "Keep at most this many step checkpoints."})
     snapshot_steps: list[int] | None = field(
         default=None,
-        metadata={"help": "Also save the encoder after these steps to output_dir/snapshots/step_N (quality over time)."},
+        metadata={
+            "help": "Also save the encoder after these steps to output_dir/snapshots/step_N (quality over time)."
+        },
     )
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "A checkpoint folder, or 'latest' for the newest intact one in output_dir."}
@@ -158,10 +170,15 @@ class PretrainingArguments:
     def _check_values(self):
         """Flags that would otherwise mean something else silently (0 steps as 'unset') or fail hours later."""
         at_least_one = [
-            "per_device_train_batch_size", "num_train_epochs", "gradient_accumulation_steps", "logging_steps",
+            "per_device_train_batch_size",
+            "num_train_epochs",
+            "gradient_accumulation_steps",
+            "logging_steps",
             "checkpoints_total_limit",
         ]
-        at_least_one += [name for name in ("max_train_steps", "checkpointing_steps") if getattr(self, name) is not None]
+        at_least_one += [
+            name for name in ("max_train_steps", "checkpointing_steps") if getattr(self, name) is not None
+        ]
         for name in at_least_one:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
@@ -180,7 +197,9 @@ class PretrainingArguments:
                 raise ValueError(f"--{name} must lie in [0, 1], got {getattr(self, name)}.")
         for name in ("teacher_temperature_start", "teacher_temperature_end"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"--{name} must be positive (it divides the teacher's logits), got {getattr(self, name)}.")
+                raise ValueError(
+                    f"--{name} must be positive (it divides the teacher's logits), got {getattr(self, name)}."
+                )
         if any(step < 1 for step in self.snapshot_steps or ()):
             raise ValueError(f"--snapshot_steps are optimizer steps, 1 or more; got {self.snapshot_steps}.")
         if self.overwrite_output_dir and self.model_name_or_path:

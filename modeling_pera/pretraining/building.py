@@ -94,4 +94,3 @@ def enable_activation_checkpointing(model: PeraForPreTraining, mode: str) -> Non
     if mode == "selective":
         checkpoint_kwargs["context_fn"] = _selective_checkpointing_contexts
     model.student.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpoint_kwargs)
-

@@ -45,7 +45,12 @@ STEP_FOLDER = re.compile(r"step_(\d+)")
 TRACKER_PROJECT = "pera_pretraining"  # the TensorBoard logs' folder
 # What a run writes into output_dir: another run's copies are deleted by --overwrite_output_dir.
 RUN_ARTIFACTS = (
-    CHECKPOINTS_DIRNAME, SNAPSHOTS_DIRNAME, ENCODER_DIRNAME, TRACKER_PROJECT, "model.safetensors", "config.json",
+    CHECKPOINTS_DIRNAME,
+    SNAPSHOTS_DIRNAME,
+    ENCODER_DIRNAME,
+    TRACKER_PROJECT,
+    "model.safetensors",
+    "config.json",
 )
 
 
@@ -177,7 +182,7 @@ def checkpoint_problem(folder: Path) -> str | None:
 def step_folders(folder: Path) -> list[Path]:
     """The `step_N` folders in `folder`, oldest first (leftovers such as `step_N.old` are not steps)."""
     found = [path for path in folder.glob("step_*") if path.is_dir() and STEP_FOLDER.fullmatch(path.name)]
-    return sorted(found, key=lambda path: int(path.name[len("step_"):]))
+    return sorted(found, key=lambda path: int(path.name[len("step_") :]))
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:

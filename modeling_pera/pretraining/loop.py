@@ -150,7 +150,9 @@ def pretrain(arguments: PretrainingArguments) -> dict:
     run = build_run(arguments)
     state = resume(run) if arguments.resume_from_checkpoint else TrainingState()
     monitor = DivergenceMonitor(
-        run.accelerator, state.completed_steps, str(run.output_dir / CHECKPOINTS_DIRNAME),
+        run.accelerator,
+        state.completed_steps,
+        str(run.output_dir / CHECKPOINTS_DIRNAME),
         accumulation=arguments.gradient_accumulation_steps,
     )
     with StopSignals() as stop:
@@ -187,7 +189,10 @@ def build_run(arguments: PretrainingArguments) -> Run:
     views = AlignedPairViews(model.config, processor, defer_photometry=arguments.photometry_on_device)
     dataloader = build_dataloader(arguments, views, model.config)
     optimizer = torch.optim.AdamW(
-        student_parameter_groups(model), lr=arguments.learning_rate, betas=(0.9, 0.999), eps=2e-5,
+        student_parameter_groups(model),
+        lr=arguments.learning_rate,
+        betas=(0.9, 0.999),
+        eps=2e-5,
         fused=accelerator.device.type == "cuda",
     )
     if arguments.streaming:
@@ -200,15 +205,25 @@ def build_run(arguments: PretrainingArguments) -> Run:
         logger.warning(
             "--recipe reference for %d steps: its values are made for 100+ epochs over large archives and learn "
             "little in runs under %d steps (docs/training.md#recipes); --recipe short-budget is made for them.",
-            total_steps, REFERENCE_MIN_STEPS,
+            total_steps,
+            REFERENCE_MIN_STEPS,
         )
     schedule = PretrainingSchedule(
         total_steps=total_steps,
-        **{name: getattr(arguments, name) for name in (
-            "learning_rate", "min_learning_rate", "warmup_fraction", "weight_decay_start", "weight_decay_end",
-            "momentum_start", "teacher_temperature_start", "teacher_temperature_end",
-            "teacher_temperature_warmup_fraction",
-        )},
+        **{
+            name: getattr(arguments, name)
+            for name in (
+                "learning_rate",
+                "min_learning_rate",
+                "warmup_fraction",
+                "weight_decay_start",
+                "weight_decay_end",
+                "momentum_start",
+                "teacher_temperature_start",
+                "teacher_temperature_end",
+                "teacher_temperature_warmup_fraction",
+            )
+        },
     )
     if arguments.with_tracking:
         # TensorBoard's hyper-parameters take scalars and strings only
@@ -219,9 +234,17 @@ def build_run(arguments: PretrainingArguments) -> Run:
         }
         accelerator.init_trackers(TRACKER_PROJECT, hyperparameters)
     return Run(
-        arguments=arguments, accelerator=accelerator, model=model, pera=accelerator.unwrap_model(model),
-        forward=torch.compile(model) if arguments.torch_compile else model, processor=processor, views=views,
-        dataloader=dataloader, optimizer=optimizer, schedule=schedule, total_steps=total_steps,
+        arguments=arguments,
+        accelerator=accelerator,
+        model=model,
+        pera=accelerator.unwrap_model(model),
+        forward=torch.compile(model) if arguments.torch_compile else model,
+        processor=processor,
+        views=views,
+        dataloader=dataloader,
+        optimizer=optimizer,
+        schedule=schedule,
+        total_steps=total_steps,
     )
 
 
@@ -234,12 +257,18 @@ def build_dataloader(arguments: PretrainingArguments, views: AlignedPairViews, c
         streaming=arguments.streaming,
     )
     dataset = make_pretraining_dataset(
-        source, views, seed=arguments.seed, image_column_name=arguments.image_column_name,
-        min_image_size=config.patch_size, **arguments.band_selection(),
+        source,
+        views,
+        seed=arguments.seed,
+        image_column_name=arguments.image_column_name,
+        min_image_size=config.patch_size,
+        **arguments.band_selection(),
     )
     check_dataset(dataset)
     return make_pretraining_dataloader(
-        dataset, batch_size=arguments.per_device_train_batch_size, num_workers=arguments.dataloader_num_workers,
+        dataset,
+        batch_size=arguments.per_device_train_batch_size,
+        num_workers=arguments.dataloader_num_workers,
         seed=arguments.seed,
     )
 
@@ -277,9 +306,12 @@ def train(run: Run, state: TrainingState, monitor: DivergenceMonitor, stop: Stop
         accelerator, run.total_steps, state.completed_steps, arguments.logging_steps, arguments.with_tracking
     )
     logger.info(
-        "PerA pretraining: %d steps, global batch %d, %s, %d processes, mixed precision %s", run.total_steps,
+        "PerA pretraining: %d steps, global batch %d, %s, %d processes, mixed precision %s",
+        run.total_steps,
         arguments.per_device_train_batch_size * accelerator.num_processes * arguments.gradient_accumulation_steps,
-        accelerator.device, accelerator.num_processes, accelerator.mixed_precision,
+        accelerator.device,
+        accelerator.num_processes,
+        accelerator.mixed_precision,
     )
     # One device tensor, refilled each step: `fill_` copies nothing from the host, and a tensor (not a float that
     # changes every step) lets a compiled forward run without recompiling.

@@ -80,8 +80,11 @@ class TrainingLog:
         self.logging_steps = logging_steps
         self.tracking = tracking
         self.progress = tqdm(
-            total=total_steps, initial=completed_steps, disable=not accelerator.is_local_main_process,
-            desc="pretraining", unit="step",
+            total=total_steps,
+            initial=completed_steps,
+            disable=not accelerator.is_local_main_process,
+            desc="pretraining",
+            unit="step",
         )
         self.summary: dict = {"images_per_second": None, "loss_history": []}
         # Running totals on the device, read at logging steps only (no host sync per step)
@@ -109,7 +112,8 @@ class TrainingLog:
             self.upsampling_reported = True
             logger.warning(
                 "%d images so far are smaller than the global crops and are upsampled to them (check_dataset names "
-                "the first ones); counted as `upsampled` in the log and the run's summary.", upsampled,
+                "the first ones); counted as `upsampled` in the log and the run's summary.",
+                upsampled,
             )
 
     def log_due(self, completed_steps: int) -> bool:
@@ -120,17 +124,24 @@ class TrainingLog:
         scalars = {name: float(outputs[name].detach()) for name in LOGGED_OUTPUTS}
         elapsed = time.perf_counter() - self.log_started
         scalars.update(
-            learning_rate=values.learning_rate, weight_decay=values.weight_decay, momentum=values.momentum,
-            teacher_temperature=values.teacher_temperature, images_per_second=self.images_since_log / elapsed,
+            learning_rate=values.learning_rate,
+            weight_decay=values.weight_decay,
+            momentum=values.momentum,
+            teacher_temperature=values.teacher_temperature,
+            images_per_second=self.images_since_log / elapsed,
             **self.read_sample_counts(),
         )
         self.images_since_log, self.log_started = 0, time.perf_counter()
         self.summary.update(scalars)
         self.summary["loss_history"].append((completed_steps, scalars["loss"]))
         self.progress.set_postfix(
-            loss=f"{scalars['loss']:.3f}", dino=f"{scalars['dino_loss']:.3f}", pixel=f"{scalars['pixel_loss']:.3f}",
-            lr=f"{values.learning_rate:.2e}", img_s=f"{scalars['images_per_second']:.1f}",
-            replaced=scalars["replaced_samples"], upsampled=scalars["upsampled_samples"],
+            loss=f"{scalars['loss']:.3f}",
+            dino=f"{scalars['dino_loss']:.3f}",
+            pixel=f"{scalars['pixel_loss']:.3f}",
+            lr=f"{values.learning_rate:.2e}",
+            img_s=f"{scalars['images_per_second']:.1f}",
+            replaced=scalars["replaced_samples"],
+            upsampled=scalars["upsampled_samples"],
         )
         self.report_upsampling(scalars["upsampled_samples"])
         if self.tracking:
@@ -150,7 +161,8 @@ class TrainingLog:
         if counts["replaced_samples"]:
             logger.warning(
                 "%d samples were unusable (unreadable, too small, wrong band count or non-finite pixels) and were "
-                "replaced by the next usable ones; the log names the first of them.", counts["replaced_samples"],
+                "replaced by the next usable ones; the log names the first of them.",
+                counts["replaced_samples"],
             )
         self.report_upsampling(counts["upsampled_samples"])
         self.summary.update(completed_steps=completed_steps, train_seconds=self.train_seconds, **counts)
