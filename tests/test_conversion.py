@@ -282,7 +282,7 @@ def test_unknown_width_asks_for_the_head_count():
         reference_to_pera(reference_state_dict(**TINY))
 
 
-def test_a_pickle_with_other_objects_needs_trust_pickle(tmp_path, monkeypatch):
+def test_a_pickle_with_other_objects_needs_trust_pickle(tmp_path, monkeypatch, capsys):
     checkpoint_path = tmp_path / "reference.pth"
     torch.save({"model": reference_state_dict(**TINY), "args": argparse.Namespace(lr=1e-3)}, checkpoint_path)
     with pytest.raises(ValueError, match="--trust-pickle"):
@@ -292,8 +292,9 @@ def test_a_pickle_with_other_objects_needs_trust_pickle(tmp_path, monkeypatch):
     arguments = ["--checkpoint_path", str(checkpoint_path), "--output_dir", str(tmp_path / "out")]
     arguments += ["--num_attention_heads", "4"]
     monkeypatch.setattr(sys, "argv", [str(script), *arguments])
-    with pytest.raises(ValueError, match="--trust-pickle"):
+    with pytest.raises(SystemExit) as exit_info:  # the script prints the user error as one line
         runpy.run_path(str(script), run_name="__main__")
+    assert exit_info.value.code == 1 and "--trust-pickle" in capsys.readouterr().err
     monkeypatch.setattr(sys, "argv", [str(script), *arguments, "--trust-pickle"])
     with pytest.warns(UserWarning, match="executes any code"):
         runpy.run_path(str(script), run_name="__main__")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from modeling_pera import PeraConfig, PeraImageProcessor
-from modeling_pera.views import AlignedPairViews, apply_photometry, pretraining_collate
+from modeling_pera.views import AlignedPairViews, apply_photometry, pop_sample_counts, pretraining_collate
 
 
 GLOBAL_SIZE, LOCAL_SIZE = 32, 16
@@ -377,10 +377,11 @@ def test_deferred_photometry_makes_the_same_views_batched(num_channels):
     assert batch["global_crops"].shape == (2, 3, num_channels, GLOBAL_SIZE, GLOBAL_SIZE)
     finished = deferred.finish_batch(batch)
     pixel_names = {f"{role}_{kind}_pixel_values" for role in ("student", "teacher") for kind in ("global", "local")}
-    assert set(finished) == pixel_names | {"num_replaced"}
+    assert set(finished) == pixel_names | {"num_replaced", "num_upsampled"}
 
     expected = pretraining_collate([in_loader(image, generator(seed)) for seed, image in enumerate(images)])
-    assert torch.equal(finished.pop("num_replaced"), expected.pop("num_replaced"))
+    for name, count in pop_sample_counts(expected).items():
+        assert torch.equal(finished.pop(f"num_{name}"), count)
     for name, values in expected.items():
         torch.testing.assert_close(finished[name], values, rtol=0, atol=tolerance)
         assert (finished[name] - values).abs().mean() < tolerance / 4  # on average, within half a level
