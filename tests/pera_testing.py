@@ -10,6 +10,7 @@ import numpy as np
 import tifffile
 
 from modeling_pera import PeraConfig
+from modeling_pera.pretraining import PretrainingArguments
 
 
 TINY_SETTINGS = {
@@ -65,3 +66,23 @@ def write_random_tiffs(folder: Path, count: int, shape: tuple[int, ...], dtype: 
     for index in range(count):
         tifffile.imwrite(folder / f"tile_{index}.tif", generator.integers(0, high, shape, dtype=dtype))
     return folder
+
+
+# The tiny model of the pretraining tests: 2 local crops keep a step short.
+TINY_MODEL = tiny_config_overrides(num_local_crops=2)
+
+
+def tiny_arguments(train_dir, output_dir, **overrides) -> PretrainingArguments:
+    """Flags of a 4-step pretraining run of the tiny model on `train_dir` (batch 4, a log every step, no workers,
+    seed 3); `overrides` change any field."""
+    settings = dict(
+        train_dir=str(train_dir),
+        output_dir=str(output_dir),
+        config_overrides=TINY_MODEL,
+        per_device_train_batch_size=4,
+        max_train_steps=4,
+        logging_steps=1,
+        dataloader_num_workers=0,
+        seed=3,
+    )
+    return PretrainingArguments(**{**settings, **overrides})

@@ -24,7 +24,8 @@ from modeling_pera.cli import DEBUG_VARIABLE, TrainingStopped, is_user_error, ru
 from modeling_pera.hub import HubAccessError, check_hub_access
 from modeling_pera.pretraining import loop, parse_config_overrides, pretrain
 from modeling_pera.pretraining.loop import StopSignals
-from test_reliability import arguments, assert_same_weights, weights_of
+from pera_testing import tiny_arguments
+from test_reliability import assert_same_weights, weights_of
 
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -48,7 +49,7 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_run_resumes_exa
     signal_number, images, tmp_path, monkeypatch
 ):
     reference = tmp_path / "uninterrupted"
-    pretrain(arguments(images, reference))
+    pretrain(tiny_arguments(images, reference))
     run = tmp_path / "run"
     take_step = loop.training_step
 
@@ -61,7 +62,7 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_run_resumes_exa
     monkeypatch.setattr(loop, "training_step", step_and_signal_during_the_second)
     handlers_before = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
     with pytest.raises(TrainingStopped) as stopped:
-        pretrain(arguments(images, run))
+        pretrain(tiny_arguments(images, run))
     monkeypatch.undo()
 
     assert stopped.value.signal_number == signal_number
@@ -69,7 +70,7 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_run_resumes_exa
     assert "--resume_from_checkpoint latest" in str(stopped.value)
     assert checkpoint_steps(run) == ["step_2"]
     assert {number: signal.getsignal(number) for number in handlers_before} == handlers_before  # given back
-    summary = pretrain(arguments(images, run, resume_from_checkpoint="latest"))
+    summary = pretrain(tiny_arguments(images, run, resume_from_checkpoint="latest"))
     assert summary["completed_steps"] == 4
     assert_same_weights(weights_of(run), weights_of(reference))
 
@@ -93,7 +94,7 @@ def test_a_signal_at_a_checkpoint_step_writes_no_second_checkpoint(images, tmp_p
 
     monkeypatch.setattr(loop, "save_checkpoint", recorded_save)
     with pytest.raises(TrainingStopped):
-        pretrain(arguments(images, tmp_path / "run", checkpointing_steps=2))
+        pretrain(tiny_arguments(images, tmp_path / "run", checkpointing_steps=2))
     assert saves == [2]
 
 
@@ -142,7 +143,7 @@ def test_ctrl_c_in_a_terminal_stops_the_script_cleanly_and_its_command_resumes(i
         str(run),
         "--overwrite_output_dir",
         "--config_overrides",
-        arguments(images, run).config_overrides,
+        tiny_arguments(images, run).config_overrides,
         "--per_device_train_batch_size",
         "4",
         "--max_train_steps",
@@ -325,7 +326,7 @@ def test_push_to_hub_without_the_hub_stops_before_training(images, tmp_path, mon
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # the real client, offline
     run = tmp_path / "run"
     with pytest.raises(HubAccessError) as error:
-        pretrain(arguments(images, run, push_to_hub=True, hub_model_id="someone/pera"))
+        pretrain(tiny_arguments(images, run, push_to_hub=True, hub_model_id="someone/pera"))
     message = str(error.value)
     assert "hf auth login" in message and "--hub_token" in message
     assert "python examples/push_to_hub.py --model_dir '<output_dir>/encoder' --hub_model_id someone/pera" in message
@@ -347,7 +348,7 @@ def test_a_failed_upload_names_the_saved_encoder_and_the_retry_command(images, t
     calls = recording_hub(monkeypatch, WRITER, upload_error=ConnectionError("connection reset"))
     run = tmp_path / "run"
     with pytest.raises(HubAccessError) as error:
-        pretrain(arguments(images, run, push_to_hub=True, hub_model_id="someone/pera"))
+        pretrain(tiny_arguments(images, run, push_to_hub=True, hub_model_id="someone/pera"))
     assert calls[0] == "whoami" and calls[-1] == "upload_folder"
     message = str(error.value)
     assert f"The upload of {run / 'encoder'} to someone/pera failed" in message and "connection reset" in message
@@ -377,18 +378,18 @@ def rgbn_tiles(tmp_path_factory) -> Path:
 
 def test_bands_pretrain_an_rgb_model_on_rgbn_tiles(rgbn_tiles, tmp_path):
     with pytest.raises(ValueError, match="--bands 0 1 2"):
-        pretrain(arguments(rgbn_tiles, tmp_path / "refused"))
+        pretrain(tiny_arguments(rgbn_tiles, tmp_path / "refused"))
     run = tmp_path / "run"
-    pretrain(arguments(rgbn_tiles, run, bands=["0", "1", "2"], max_train_steps=1))
+    pretrain(tiny_arguments(rgbn_tiles, run, bands=["0", "1", "2"], max_train_steps=1))
     assert '"num_channels": 3' in (run / "encoder" / "config.json").read_text()
     four = tmp_path / "four"
-    pretrain(arguments(rgbn_tiles, four, bands=["3", "0", "1", "2"], max_train_steps=1))
+    pretrain(tiny_arguments(rgbn_tiles, four, bands=["3", "0", "1", "2"], max_train_steps=1))
     assert '"num_channels": 4' in (four / "encoder" / "config.json").read_text()
 
 
 def test_bands_evaluate_an_rgb_encoder_on_rgbn_tiles(rgbn_tiles, images, tmp_path):
     run = tmp_path / "run"
-    pretrain(arguments(images, run, max_train_steps=1))
+    pretrain(tiny_arguments(images, run, max_train_steps=1))
     classes = tmp_path / "classes"
     for index, tile in enumerate(sorted(rgbn_tiles.iterdir())):
         (classes / f"class_{index % 2}").mkdir(parents=True, exist_ok=True)
@@ -408,7 +409,7 @@ def test_small_images_are_named_at_start_and_counted(tmp_path, caplog):
             small / f"tile_{index}.png"
         )
     with caplog.at_level("WARNING"):
-        summary = pretrain(arguments(small, tmp_path / "run", max_train_steps=2))
+        summary = pretrain(tiny_arguments(small, tmp_path / "run", max_train_steps=2))
     assert "8 of the 8 checked images are smaller than the 32 px global crops" in caplog.text
     assert "tile_0.png, 24x24 px" in caplog.text
     assert summary["upsampled_samples"] == 8  # 2 steps of 4 images
@@ -417,5 +418,5 @@ def test_small_images_are_named_at_start_and_counted(tmp_path, caplog):
 
 def test_a_short_run_with_the_reference_recipe_is_warned(images, tmp_path, caplog):
     with caplog.at_level("WARNING"):
-        pretrain(arguments(images, tmp_path / "run", max_train_steps=1))
+        pretrain(tiny_arguments(images, tmp_path / "run", max_train_steps=1))
     assert "--recipe reference for 1 steps" in caplog.text and "--recipe short-budget" in caplog.text

@@ -25,26 +25,10 @@ from modeling_pera.pretraining import (
     student_parameter_groups,
 )
 from modeling_pera.schedules import PretrainingSchedule
-from pera_testing import run_without_package, tiny_config_overrides, write_random_tiffs
+from pera_testing import TINY_MODEL, run_without_package, tiny_arguments, write_random_tiffs
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY_MODEL = tiny_config_overrides(num_local_crops=2)
-
-
-def tiny_arguments(train_dir, output_dir, **overrides) -> PretrainingArguments:
-    settings = dict(
-        train_dir=str(train_dir),
-        output_dir=str(output_dir),
-        config_overrides=TINY_MODEL,
-        per_device_train_batch_size=4,
-        max_train_steps=4,
-        logging_steps=1,
-        dataloader_num_workers=0,
-        seed=3,
-    )
-    settings.update(overrides)
-    return PretrainingArguments(**settings)
 
 
 def write_rgb_images(folder: Path, count: int = 12) -> Path:

@@ -27,24 +27,7 @@ from modeling_pera.pretraining import (
 )
 from modeling_pera.pretraining.checkpoints import MANIFEST_NAME, TRAINER_STATE_NAME, latest_checkpoint
 from modeling_pera.pretraining.monitoring import DivergenceMonitor
-from pera_testing import TINY_SETTINGS, tiny_config, tiny_config_overrides, write_random_tiffs
-
-
-TINY_MODEL = tiny_config_overrides(num_local_crops=2)
-
-
-def arguments(train_dir, output_dir, **overrides) -> PretrainingArguments:
-    settings = dict(
-        train_dir=str(train_dir),
-        output_dir=str(output_dir),
-        config_overrides=TINY_MODEL,
-        per_device_train_batch_size=4,
-        max_train_steps=4,
-        logging_steps=1,
-        dataloader_num_workers=0,
-        seed=3,
-    )
-    return PretrainingArguments(**{**settings, **overrides})
+from pera_testing import TINY_SETTINGS, tiny_arguments, tiny_config, write_random_tiffs
 
 
 def assert_finite(path: Path) -> None:
@@ -74,7 +57,7 @@ def test_a_diverging_run_stops_before_saving_non_finite_weights(images, tmp_path
     run = tmp_path / "run"
     with pytest.raises(TrainingDivergedError, match=r"non-finite .*resume with --resume_from_checkpoint latest"):
         pretrain(
-            arguments(
+            tiny_arguments(
                 images,
                 run,
                 learning_rate=1e6,
@@ -140,20 +123,20 @@ def test_a_nan_pixel_in_training_leaves_the_dino_centre_as_it_was():
 
 def test_a_new_run_refuses_a_folder_holding_another_run(images, tmp_path):
     run = tmp_path / "run"
-    pretrain(arguments(images, run, max_train_steps=2, checkpointing_steps=1))
+    pretrain(tiny_arguments(images, run, max_train_steps=2, checkpointing_steps=1))
     first = weights_of(run / "checkpoints" / "step_2")
     with pytest.raises(ValueError, match=r"holds another run .*--overwrite_output_dir"):
-        pretrain(arguments(images, run, max_train_steps=3, seed=4))
+        pretrain(tiny_arguments(images, run, max_train_steps=3, seed=4))
     assert_same_weights(weights_of(run / "checkpoints" / "step_2"), first)  # untouched
 
-    pretrain(arguments(images, run, max_train_steps=3, checkpointing_steps=3, seed=4, overwrite_output_dir=True))
+    pretrain(tiny_arguments(images, run, max_train_steps=3, checkpointing_steps=3, seed=4, overwrite_output_dir=True))
     assert [path.name for path in (run / "checkpoints").iterdir()] == ["step_3"]  # the old run's are gone
     assert latest_checkpoint(run).name == "step_3"
 
 
 def test_overwriting_the_folder_of_the_model_to_continue_from_is_refused(images, tmp_path):
     with pytest.raises(ValueError, match="lies in --output_dir"):
-        arguments(
+        tiny_arguments(
             images, tmp_path / "run", model_name_or_path=str(tmp_path / "run" / "encoder"), overwrite_output_dir=True
         )
 
@@ -162,7 +145,7 @@ def test_a_folder_without_a_run_is_used_as_it_is(images, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "notes.txt").write_text("my experiment")
-    pretrain(arguments(images, run, max_train_steps=1))
+    pretrain(tiny_arguments(images, run, max_train_steps=1))
     assert (run / "notes.txt").read_text() == "my experiment"
     assert (run / "encoder" / "model.safetensors").is_file()
 
@@ -176,7 +159,7 @@ def test_a_folder_without_a_run_is_used_as_it_is(images, tmp_path):
 def full_run(images, tmp_path_factory) -> Path:
     """A 4-step run with a checkpoint after every step, kept; its final weights are the reference of the resumes."""
     run = tmp_path_factory.mktemp("full") / "run"
-    pretrain(arguments(images, run, checkpointing_steps=1, checkpoints_total_limit=4))
+    pretrain(tiny_arguments(images, run, checkpointing_steps=1, checkpoints_total_limit=4))
     return run
 
 
@@ -209,7 +192,7 @@ def test_latest_skips_a_broken_newest_checkpoint_and_resumes_exactly(damage, ima
     run = interrupted_copy(full_run, tmp_path / "run", steps=(2, 3))
     damage(run / "checkpoints" / "step_3")
     with caplog.at_level(logging.WARNING):
-        summary = pretrain(arguments(images, run, resume_from_checkpoint="latest"))
+        summary = pretrain(tiny_arguments(images, run, resume_from_checkpoint="latest"))
     assert "Skipping the broken checkpoint" in caplog.text and "step_3" in caplog.text
     assert summary["completed_steps"] == 4
     assert_same_weights(weights_of(run), weights_of(full_run))  # resumed from step 2, bit-identical
@@ -220,7 +203,7 @@ def test_leftovers_of_an_interrupted_save_are_never_read_as_steps(images, full_r
     # a kill between the two renames of a re-save leaves step_3.old complete and step_3 missing
     shutil.copytree(full_run / "checkpoints" / "step_3", run / "checkpoints" / "step_3.old")
     (run / "checkpoints" / ".staging_step_4").mkdir()
-    summary = pretrain(arguments(images, run, resume_from_checkpoint="latest", checkpointing_steps=1))
+    summary = pretrain(tiny_arguments(images, run, resume_from_checkpoint="latest", checkpointing_steps=1))
     assert summary["completed_steps"] == 4
     assert sorted(path.name for path in (run / "checkpoints").iterdir()) == ["step_3", "step_4"]
     assert_same_weights(weights_of(run), weights_of(full_run))
@@ -230,9 +213,9 @@ def test_an_explicit_broken_checkpoint_is_refused_with_the_reason(images, full_r
     run = interrupted_copy(full_run, tmp_path / "run", steps=(2,))
     truncate(run / "checkpoints" / "step_2" / "optimizer.bin")
     with pytest.raises(CheckpointError, match=r"optimizer\.bin has \d+ bytes instead of \d+"):
-        pretrain(arguments(images, run, resume_from_checkpoint=str(run / "checkpoints" / "step_2")))
+        pretrain(tiny_arguments(images, run, resume_from_checkpoint=str(run / "checkpoints" / "step_2")))
     with pytest.raises(CheckpointError, match="No intact checkpoint"):
-        pretrain(arguments(images, run, resume_from_checkpoint="latest"))
+        pretrain(tiny_arguments(images, run, resume_from_checkpoint="latest"))
 
 
 def make_legacy(checkpoint: Path) -> None:
@@ -248,23 +231,23 @@ def test_a_checkpoint_without_random_states_resumes_only_when_asked(images, full
     make_legacy(run / "checkpoints" / "step_2")
     (run / "checkpoints" / "step_2" / "random_states_0.pkl").unlink()
     with pytest.raises(CheckpointError, match=r"random states of process 0 are missing.*--allow_inexact_resume"):
-        pretrain(arguments(images, run, resume_from_checkpoint="latest"))
+        pretrain(tiny_arguments(images, run, resume_from_checkpoint="latest"))
     with caplog.at_level(logging.WARNING):
-        summary = pretrain(arguments(images, run, resume_from_checkpoint="latest", allow_inexact_resume=True))
+        summary = pretrain(tiny_arguments(images, run, resume_from_checkpoint="latest", allow_inexact_resume=True))
     assert summary["completed_steps"] == 4 and "Continuing anyway" in caplog.text
 
 
 def test_a_legacy_checkpoint_still_resumes_exactly(images, full_run, tmp_path):
     run = interrupted_copy(full_run, tmp_path / "run", steps=(2,))
     make_legacy(run / "checkpoints" / "step_2")
-    pretrain(arguments(images, run, resume_from_checkpoint="latest"))
+    pretrain(tiny_arguments(images, run, resume_from_checkpoint="latest"))
     assert_same_weights(weights_of(run), weights_of(full_run))
 
 
 def test_another_batch_size_refuses_to_resume(images, full_run, tmp_path):
     run = interrupted_copy(full_run, tmp_path / "run", steps=(2,))
     with pytest.raises(CheckpointError, match="per_device_train_batch_size was 4, now 2"):
-        pretrain(arguments(images, run, resume_from_checkpoint="latest", per_device_train_batch_size=2))
+        pretrain(tiny_arguments(images, run, resume_from_checkpoint="latest", per_device_train_batch_size=2))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -288,7 +271,7 @@ def test_a_full_disk_removes_the_partial_checkpoint_and_keeps_the_previous_one(i
     monkeypatch.setattr(Accelerator, "save_state", failing_save_state)
     full_disk = r"checkpoints/step_2: the disk is full; a checkpoint of this run takes [\d.]+ GB \([\d.]+ GB free"
     with pytest.raises(CheckpointWriteError, match=full_disk):
-        pretrain(arguments(images, run, checkpointing_steps=1))
+        pretrain(tiny_arguments(images, run, checkpointing_steps=1))
     assert [path.name for path in (run / "checkpoints").iterdir()] == ["step_1"]  # no staging folder left
     assert latest_checkpoint(run).name == "step_1"
 
@@ -352,7 +335,7 @@ def test_floats_in_0_1_are_the_same_image_as_their_8_bit_equivalent():
 def test_pretraining_names_a_bit_depth_mismatch_of_the_data(tmp_path):
     folder = write_random_tiffs(tmp_path / "sixteen_bit", count=4, shape=(40, 40, 3), dtype="uint16", high=65535)
     with pytest.raises(ValueError, match=r"statistics are for 8-bit pixels .*tile_0\.tif has values in"):
-        pretrain(arguments(folder, tmp_path / "run"))
+        pretrain(tiny_arguments(folder, tmp_path / "run"))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -420,7 +403,7 @@ def test_empty_images_and_batches_are_refused_with_a_message():
 def test_exports_are_readable_like_any_other_file(images, tmp_path):
     umask = os.umask(0o022)
     try:
-        pretrain(arguments(images, tmp_path / "run", max_train_steps=1))
+        pretrain(tiny_arguments(images, tmp_path / "run", max_train_steps=1))
     finally:
         os.umask(umask)
     for path in (tmp_path / "run" / "model.safetensors", tmp_path / "run" / "encoder" / "model.safetensors"):
@@ -442,6 +425,6 @@ def test_replaced_samples_are_reported_without_tracking(images, tmp_path, caplog
     shutil.copytree(images, folder)
     (folder / "tile_00.png").write_bytes(b"not a png")  # replaced by the next usable image whenever drawn
     with caplog.at_level(logging.WARNING):
-        summary = pretrain(arguments(folder, tmp_path / "run", max_train_steps=3))  # one epoch of 12 images
+        summary = pretrain(tiny_arguments(folder, tmp_path / "run", max_train_steps=3))  # one epoch of 12 images
     assert summary["replaced_samples"] == 1
     assert "1 samples were unusable" in caplog.text
