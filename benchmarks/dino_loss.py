@@ -24,7 +24,7 @@ IMPLEMENTATIONS = ("plain", "chunked")
 
 
 def measure(arguments) -> dict:
-    from modeling_pera.modeling_pera import soft_target_cross_entropy
+    from modeling_pera.losses_pera import soft_target_cross_entropy
 
     device, dtype = torch.device(arguments.device), getattr(torch, arguments.dtype)
     generator = torch.Generator(device=device).manual_seed(0)

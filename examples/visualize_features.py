@@ -16,7 +16,8 @@ import torch
 
 from modeling_pera.cli import HelpFormatter, run_cli
 from modeling_pera.evaluation import load_encoder
-from modeling_pera.visualization import list_image_files, visualize_features
+from modeling_pera.raster import find_images
+from modeling_pera.visualization import visualize_features
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,7 +42,7 @@ def main() -> None:
         processor,
         args.images,
         args.output_dir,
-        gallery_paths=list_image_files(args.gallery_dir) if args.gallery_dir else None,
+        gallery_paths=find_images(args.gallery_dir) if args.gallery_dir else None,
         num_neighbours=args.num_neighbours,
         image_size=args.image_size,
         dpi=args.dpi,

@@ -1,4 +1,4 @@
-"""PerA for transformers: public names and Auto registration (the classes live in the three Hub files)."""
+"""PerA for transformers: public names and Auto registration (the classes live in the four Hub files)."""
 
 from transformers import (
     AutoBackbone,

@@ -4,7 +4,6 @@ plain loop that pretrains it on the same images and crops as PerA (used by `benc
 `benchmarks/representation.py`).
 """
 
-import math
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_pos
 from .configuration_pera import PeraConfig
 from .data import load_pretraining_dataset, make_pretraining_dataloader, make_pretraining_dataset
 from .image_processing_pera import PeraImageProcessor
-from .pretraining import snapshot_directory
+from .pretraining import DivergenceMonitor, save_model_folder, snapshot_directory
 from .schedules import PretrainingSchedule, split_by_weight_decay
 from .views import AlignedPairViews
 
@@ -108,7 +107,9 @@ def pretrain_mae(
     Pretrains `model` with MAE's recipe (AdamW betas 0.9/0.95, weight decay 0.05, lr warm-up then cosine, bf16
     autocast on CUDA) on PerA's data pipeline: one global crop per image from the same images, crop sizes and scale
     range as PerA's, in its lightly jittered teacher view. The model is saved, with `processor`, to
-    `output_dir/snapshots/step_N` at each of `snapshot_steps` and to `output_dir/encoder` at the end.
+    `output_dir/snapshots/step_N` at each of `snapshot_steps` and to `output_dir/encoder` at the end, each through a
+    staging folder and only with finite weights: a non-finite loss or weight stops the run with
+    [`~pretraining.TrainingDivergedError`] before the next log or save.
 
     Returns:
         `dict`: `completed_steps`, `train_seconds` (training time, snapshots excluded), `loss_history` (every
@@ -131,6 +132,8 @@ def pretrain_mae(
     schedule = PretrainingSchedule(
         total_steps=total_steps, learning_rate=learning_rate, min_learning_rate=0.0, warmup_fraction=warmup_fraction
     )
+    # the loss's finiteness is recorded on the device every step and read before every log and save
+    monitor = DivergenceMonitor(None, 0, str(output_dir), loss_terms=("loss",), resumable=False, device=device)
     progress = tqdm(total=total_steps, desc="MAE pretraining", unit="step")
     summary: dict = {"loss_history": []}
     completed_steps, epoch, train_seconds, started = 0, 0, 0.0, time.perf_counter()
@@ -144,16 +147,17 @@ def pretrain_mae(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss = model(pixel_values=pixel_values).loss
+                outputs = model(pixel_values=pixel_values)
+            monitor.record(outputs)
+            loss = outputs.loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             completed_steps += 1
             progress.update(1)
             if completed_steps % logging_steps == 0 or completed_steps == total_steps:
+                monitor.check()
                 value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"The MAE loss became {value} at step {completed_steps}: lower the lr.")
                 summary["loss_history"].append((completed_steps, value))
                 interval_steps = (completed_steps - 1) % logging_steps + 1
                 summary["images_per_second"] = interval_steps * batch_size / (time.perf_counter() - log_started)
@@ -163,8 +167,8 @@ def pretrain_mae(
                 train_seconds += time.perf_counter() - started
                 final = completed_steps == total_steps
                 target = output_dir / "encoder" if final else snapshot_directory(output_dir, completed_steps)
-                model.save_pretrained(target)
-                processor.save_pretrained(target)
+                monitor.check(model)
+                save_model_folder(model, processor, target)
                 started = time.perf_counter()
             if completed_steps >= total_steps:
                 break

@@ -9,11 +9,8 @@ many samples were replaced or skipped (`num_replaced`). Data that cannot work at
 count that does not match the model) is caught at start by [`check_dataset`].
 """
 
-import io
 import logging
-import math
 import os
-import re
 import signal
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -23,18 +20,23 @@ from typing import Any
 
 import datasets
 import numpy as np
-import tifffile
 import torch
 from datasets.distributed import split_dataset_by_node
 from PIL import Image
 
-from .image_processing_pera import SENTINEL2_L2A_BANDS
+from .image_processing_pera import (
+    SENTINEL2_L2A_BANDS,
+    eight_bit_range_problem,
+    has_8_bit_statistics,
+    pil_image_to_bands,
+)
 from .raster import (
+    IMAGE_EXTENSIONS,
     RasterReadError,
     band_count_advice,
-    is_tiff,
-    read_band_folder,
-    read_raster,
+    decode_image_bytes,
+    find_images,
+    read_image,
     select_bands,
 )
 from .views import AlignedPairViews, pretraining_collate
@@ -42,25 +44,6 @@ from .views import AlignedPairViews, pretraining_collate
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff")
-# Single-band Sentinel-2 files in BigEarthNet's layout: `<patch>_B01.tif`, ..., `<patch>_B8A.tif`.
-_BAND_FILE_PATTERN = re.compile(r"_B(\d\d|8A)\.tiff?$", re.IGNORECASE)
-# PIL modes converted before reading: alpha dropped, palettes and other colour spaces to RGB, bilevel to grayscale.
-# The others (L, RGB, I;16, I, F) are read as they are.
-_PIL_MODE_CONVERSIONS = {
-    "1": "L",
-    "LA": "L",
-    "La": "L",
-    "P": "RGB",
-    "PA": "RGB",
-    "RGBA": "RGB",
-    "RGBa": "RGB",
-    "RGBX": "RGB",
-    "CMYK": "RGB",
-    "YCbCr": "RGB",
-    "LAB": "RGB",
-    "HSV": "RGB",
-}
 # How many bad samples each dataset object (each DataLoader worker holds its own) names in the log.
 _NUM_LOGGED_BAD_SAMPLES = 5
 _DEFAULT_MIN_IMAGE_SIZE = 16
@@ -82,108 +65,8 @@ class UnusableSampleError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Listing local folders
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def find_images(root: str | os.PathLike) -> list[Path]:
-    """
-    Lists the pretraining samples under `root`, recursively, in a deterministic (sorted) order.
-
-    A sample is a file with extension `.jpg`, `.jpeg`, `.png`, `.webp`, `.tif` or `.tiff` (case-insensitive), or a
-    BigEarthNet-style band folder: a folder holding two or more single-band files `<name>_B01.tif`, `<name>_B02.tif`,
-    ... (bands `B01`-`B12` and `B8A`), which is one sample (read with [`~raster.read_band_folder`]); its band files are
-    not listed on their own. Hidden files and folders (names starting with `.`) are skipped, as are zero-byte files
-    and files of other extensions (counted and logged with a warning). Symbolic links are followed, each real folder
-    once.
-
-    Args:
-        root (`str` or `os.PathLike`):
-            The folder to search.
-
-    Returns:
-        `list[Path]`: image files and band folders.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise ValueError(f"{root} is not a folder: pass the folder that holds the pretraining images.")
-    samples, zero_byte_files, missing_files, other_files = [], [], [], []
-    visited = set()
-    for folder, subfolders, file_names in os.walk(root, followlinks=True):
-        real_folder = os.path.realpath(folder)
-        if real_folder in visited:
-            subfolders.clear()
-            continue
-        visited.add(real_folder)
-        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
-        folder = Path(folder)
-        band_files = {name for name in file_names if _BAND_FILE_PATTERN.search(name)}
-        if len(band_files) >= 2:
-            samples.append(folder)
-        else:
-            band_files = set()
-        for name in file_names:
-            if name.startswith(".") or name in band_files:
-                continue
-            path = folder / name
-            if not name.lower().endswith(IMAGE_EXTENSIONS):
-                other_files.append(path)
-                continue
-            try:
-                size = path.stat().st_size
-            except OSError:  # a broken symbolic link
-                missing_files.append(path)
-                continue
-            if size == 0:
-                zero_byte_files.append(path)
-            else:
-                samples.append(path)
-    other_kinds = f"files that are not {'/'.join(IMAGE_EXTENSIONS)} images"
-    skipped_kinds = ((zero_byte_files, "zero-byte files"), (missing_files, "broken links"), (other_files, other_kinds))
-    for skipped, kind in skipped_kinds:
-        if skipped:
-            examples = ", ".join(str(path) for path in sorted(skipped)[:3])
-            logger.warning(f"find_images: skipped {len(skipped)} {kind} under {root}, e.g. {examples}")
-    return sorted(samples)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # Decoding
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def _pil_to_bands(image: Image.Image, num_channels: int) -> np.ndarray:
-    """
-    The pixels of a PIL image, bands first: alpha dropped, palettes expanded to RGB, and grayscale replicated to RGB
-    when the model expects 3 bands.
-    """
-    if image.mode in _PIL_MODE_CONVERSIONS:
-        image = image.convert(_PIL_MODE_CONVERSIONS[image.mode])
-    pixels = np.asarray(image)
-    pixels = pixels[np.newaxis] if pixels.ndim == 2 else np.moveaxis(pixels, -1, 0)
-    if pixels.shape[0] == 1 and num_channels == 3:
-        pixels = np.repeat(pixels, 3, axis=0)
-    return pixels
-
-
-def _read_tiff_bytes(data: bytes) -> np.ndarray:
-    """Reads an in-memory TIFF (e.g. from a `datasets` image column) bands first, like [`~raster.read_raster`]."""
-    with tifffile.TiffFile(io.BytesIO(data)) as tiff:
-        series = tiff.series[0]
-        for page in series.pages:
-            data_ends = (offset + count for offset, count in zip(page.dataoffsets, page.databytecounts))
-            end_of_data = max(data_ends, default=0)
-            if end_of_data > len(data):
-                raise ValueError(f"truncated TIFF (pixel data runs to byte {end_of_data} of {len(data)})")
-        pixels, axes = series.asarray(), series.axes
-    keep = [index for index, axis in enumerate(axes) if axis in "YX" or pixels.shape[index] != 1]
-    pixels = pixels.reshape([pixels.shape[index] for index in keep])
-    axes = "".join(axes[index] for index in keep)
-    if "Y" not in axes or "X" not in axes or len(axes) > 3:
-        raise ValueError(f"unsupported TIFF layout {series.axes} of shape {series.shape}")
-    if len(axes) == 2:
-        return pixels[np.newaxis]
-    return np.moveaxis(pixels, next(index for index, axis in enumerate(axes) if axis not in "YX"), 0)
 
 
 class ImageDecoder:
@@ -192,12 +75,12 @@ class ImageDecoder:
     8-bit images (a quarter of the memory, and the crops of `AlignedPairViews(defer_photometry=True)` stay 8-bit),
     float32 for any other dtype.
 
-    Sources: a path to an image file (TIFF/GeoTIFF, recognised by its first bytes, read with tifffile; other formats
-    with PIL), a path to a band folder, a PIL image, a `datasets` image dict (`{"bytes": ..., "path": ...}`), or a
-    2-D/3-D array or tensor (channels first or last). Band counts are adapted only where the meaning is clear: for
-    images read with PIL (JPEG, PNG) alpha is dropped, palettes become RGB and grayscale is replicated to RGB when
-    the model expects 3 bands. Any other mismatch with `num_channels` makes the sample unusable (a 4-band RGB+NIR
-    TIFF is not silently cut to RGB).
+    Sources: a path to an image file or a band folder (read with [`~raster.read_image`]), a PIL image, a `datasets`
+    image dict (`{"bytes": ..., "path": ...}`), or a 2-D/3-D array or tensor (channels first or last). Band counts are
+    adapted only where the meaning is clear, by the package's rule for PIL images ([`pil_image_to_bands`]: alpha
+    dropped, palettes to RGB, grayscale repeated when the model expects 3 bands), as in evaluation, fine-tuning and
+    the processor. Any other mismatch with `num_channels` makes the sample unusable (a 4-band RGB+NIR TIFF is not
+    silently cut to RGB).
 
     Args:
         num_channels (`int`):
@@ -262,39 +145,24 @@ class ImageDecoder:
 
     def _decode(self, source: Any) -> np.ndarray:
         if isinstance(source, (str, os.PathLike)):
-            return self._read_path(Path(source))
+            return read_image(source, self.num_channels, self.band_order)
         if isinstance(source, Image.Image):
-            return _pil_to_bands(source, self.num_channels)
+            return pil_image_to_bands(source, self.num_channels)
         if isinstance(source, dict):
             return self._decode_image_dict(source)
         if isinstance(source, (np.ndarray, torch.Tensor, list)):
             return self._array_to_bands(np.asarray(source))
         raise TypeError(f"unsupported sample type {type(source).__name__}")
 
-    def _read_path(self, path: Path) -> np.ndarray:
-        if path.is_dir():
-            return read_band_folder(path, self.band_order)
-        with open(path, "rb") as file:
-            header = file.read(4)
-        if is_tiff(header):
-            return read_raster(path)
-        with Image.open(path) as image:
-            image.load()
-            return _pil_to_bands(image, self.num_channels)
-
     def _decode_image_dict(self, value: dict) -> np.ndarray:
         """A `datasets.Image(decode=False)` value: encoded bytes, or a path (local, or remote for `datasets`)."""
         data, path = value.get("bytes"), value.get("path")
         if data:
-            if is_tiff(data):
-                return _read_tiff_bytes(data)
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
-                return _pil_to_bands(image, self.num_channels)
+            return decode_image_bytes(data, path or "the image bytes", self.num_channels)
         if path and os.path.exists(path):
-            return self._read_path(Path(path))
+            return read_image(path, self.num_channels, self.band_order)
         if path:  # a remote file (hf://, https://, archives): let `datasets` fetch and decode it
-            return _pil_to_bands(datasets.Image().decode_example(value), self.num_channels)
+            return pil_image_to_bands(datasets.Image().decode_example(value), self.num_channels)
         raise ValueError("empty image value (no bytes and no path)")
 
     def _array_to_bands(self, pixels: np.ndarray) -> np.ndarray:
@@ -595,16 +463,14 @@ def _checked_samples(
 def _pixel_range_mismatch(views: AlignedPairViews, decoded: list[tuple[str, torch.Tensor]]) -> str | None:
     """Why the decoded samples are not the 8-bit pixels that band statistics rescaled by 1/255 are made for, or
     `None` (also for statistics of other ranges, which cannot be checked this way)."""
-    if views.offset or not math.isclose(views.rescale_factor, 1 / 255):
+    if not has_8_bit_statistics(views.rescale_factor, views.offset):
         return None
     for description, pixels in decoded:
         if pixels.dtype == torch.uint8:
             continue
-        low, high = float(pixels.min()), float(pixels.max())
-        if high > 255 or low < 0:
-            return f"{description} has values in [{low:g}, {high:g}], beyond the 0-255 of 8-bit pixels"
-        if high <= 1:
-            return f"{description} has values in [{low:g}, {high:g}]: already scaled to [0, 1], not 8-bit pixels"
+        problem = eight_bit_range_problem(float(pixels.min()), float(pixels.max()), pixels.is_floating_point())
+        if problem:
+            return f"{description} has {problem}"
     return None
 
 
@@ -900,7 +766,6 @@ __all__ = [
     "PretrainingSampler",
     "UnusableSampleError",
     "check_dataset",
-    "find_images",
     "load_pretraining_dataset",
     "make_pretraining_dataloader",
     "make_pretraining_dataset",

@@ -47,9 +47,9 @@ from .evaluation import (
 )
 from .modeling_pera import PeraBackbone
 from .pretraining import parse_config_overrides
-from .raster import read_raster
+from .raster import read_encoder_input
 from .schedules import decays_weight
-from .views import AlignedPairViews
+from .views import CROP_ASPECT_RATIOS, FLIP_PROBABILITY, random_resized_crop
 
 
 logger = logging.getLogger(__name__)
@@ -168,10 +168,10 @@ class LayerDecayTrainer(Trainer):
 
 class RandomResizedCropTransform:
     """
-    Training augmentation for classification, for any number of bands: reads an image file, takes a random resized
-    crop (area fraction in `crop_scale`, torchvision's sampling rule), flips it horizontally and vertically with
-    probability 1/2 each (aerial scenes have no up), and normalises it with the processor's statistics. The crops are
-    those of PerA's pretraining ([`AlignedPairViews`], without its photometric changes).
+    Training augmentation for classification, for any number of bands: reads an image file (its `bands`, when
+    given), takes a random resized crop (area fraction in `crop_scale`, torchvision's sampling rule), flips it
+    horizontally and vertically with probability 1/2 each (aerial scenes have no up), and normalises it with the
+    processor's statistics. The crops are those of PerA's pretraining ([`random_resized_crop`]).
 
     Random draws come from torch's global generator, which `Trainer` seeds and DataLoader workers derive from.
 
@@ -183,27 +183,34 @@ class RandomResizedCropTransform:
             Side of the square output.
         crop_scale (`tuple[float, float]`, *optional*, defaults to `(0.08, 1.0)`):
             Range of the crop's area fraction.
+        bands (`Sequence[int]`, *optional*):
+            The file's bands to use, in the encoder's order (0-based); all of them by default.
     """
 
-    def __init__(self, processor: Any, image_size: int, crop_scale: tuple[float, float] = (0.08, 1.0)):
-        num_channels = len(processor.image_mean)
-        self.views = AlignedPairViews(
-            image_processor=processor,
-            global_crop_size=image_size,
-            num_global_crops=1,
-            num_local_crops=0,
-            global_crops_scale=crop_scale,
-            image_mean=processor.image_mean if processor.do_normalize else [0.0] * num_channels,
-            image_std=processor.image_std if processor.do_normalize else [1.0] * num_channels,
-            offset=getattr(processor, "offset", 0.0),
-            student_color_probability=0.0,
-            teacher_color_probability=0.0,
-        )
+    def __init__(
+        self,
+        processor: Any,
+        image_size: int,
+        crop_scale: tuple[float, float] = (0.08, 1.0),
+        bands: Sequence[int] | None = None,
+    ):
+        self.num_channels = len(processor.image_mean)
+        self.image_size = image_size
+        self.crop_scale = tuple(crop_scale)
+        self.bands = bands
+        self.offset = float(getattr(processor, "offset", 0.0))
+        self.rescale_factor = float(processor.rescale_factor) if processor.do_rescale else 1.0
+        self.image_mean = torch.tensor(processor.image_mean if processor.do_normalize else [0.0] * self.num_channels)
+        self.image_std = torch.tensor(processor.image_std if processor.do_normalize else [1.0] * self.num_channels)
 
     def __call__(self, path: str | os.PathLike) -> torch.Tensor:
-        image = torch.from_numpy(np.require(read_raster(path), requirements=("C_CONTIGUOUS", "WRITEABLE")))
+        image = torch.from_numpy(read_encoder_input(path, self.num_channels, self.bands))
         generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
-        return self.views(image, generator)["student_global"][0]
+        crop = random_resized_crop(
+            image, self.image_size, self.crop_scale, CROP_ASPECT_RATIOS, FLIP_PROBABILITY, generator
+        )
+        crop = (crop - self.offset) * self.rescale_factor
+        return (crop - self.image_mean.view(-1, 1, 1)) / self.image_std.view(-1, 1, 1)
 
 
 class ImageClassificationFiles(torch.utils.data.Dataset):
@@ -240,19 +247,24 @@ class SegmentationFiles(torch.utils.data.Dataset):
         processor: Any,
         image_size: int,
         train: bool = False,
+        bands: Sequence[int] | None = None,
     ):
         self.image_paths = list(image_paths)
         self.mask_paths = list(mask_paths)
         self.processor = processor
         self.image_size = image_size
         self.train = train
+        self.bands = bands
 
     def __len__(self) -> int:
         return len(self.image_paths)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         pixel_values = preprocess_image_file(
-            self.image_paths[index], self.processor, **processor_size_kwargs(self.processor, self.image_size)
+            self.image_paths[index],
+            self.processor,
+            bands=self.bands,
+            **processor_size_kwargs(self.processor, self.image_size),
         )
         mask = torch.from_numpy(read_mask(self.mask_paths[index]).astype(np.int64))
         mask = F.interpolate(mask[None, None].float(), size=pixel_values.shape[-2:], mode="nearest-exact")[0, 0]
@@ -341,6 +353,13 @@ class FinetuningArguments:
         metadata={
             "help": "Run the Python code a model folder or Hub repository ships (its auto_map), for models other than "
             "PerA. PerA checkpoints load without it when modeling_pera is installed."
+        },
+    )
+    bands: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "The images' bands to use, in the encoder's order (0-based), e.g. 0 1 2 for the RGB of RGB+NIR "
+            "tiles given to an RGB encoder; all bands by default."
         },
     )
 
@@ -457,11 +476,15 @@ def finetune_classification(
         **parse_config_overrides(arguments.config_overrides),
     )
     image_size = _image_size(processor, arguments.image_size)
-    train_dataset = ImageClassificationFiles(
-        train_paths, train_labels, RandomResizedCropTransform(processor, image_size, (arguments.crop_scale_min, 1.0))
+    train_transform = RandomResizedCropTransform(
+        processor, image_size, (arguments.crop_scale_min, 1.0), bands=arguments.bands
     )
+    train_dataset = ImageClassificationFiles(train_paths, train_labels, train_transform)
     eval_transform = functools.partial(
-        preprocess_image_file, processor=processor, **processor_size_kwargs(processor, image_size)
+        preprocess_image_file,
+        processor=processor,
+        bands=arguments.bands,
+        **processor_size_kwargs(processor, image_size),
     )
     eval_dataset = ImageClassificationFiles(eval_paths, eval_labels, eval_transform)
     logger.info(
@@ -576,8 +599,10 @@ def finetune_segmentation(arguments: SegmentationArguments, training_arguments: 
         **parse_config_overrides(arguments.config_overrides),
     )
     image_size = _image_size(processor, arguments.image_size)
-    train_dataset = SegmentationFiles(train_images, train_masks, processor, image_size, train=True)
-    eval_dataset = SegmentationFiles(eval_images, eval_masks, processor, image_size)
+    train_dataset = SegmentationFiles(
+        train_images, train_masks, processor, image_size, train=True, bands=arguments.bands
+    )
+    eval_dataset = SegmentationFiles(eval_images, eval_masks, processor, image_size, bands=arguments.bands)
     logger.info(
         f"Fine-tuning UperNet on {model.config.backbone_config.model_type} stages "
         f"{model.backbone.out_features} on {len(train_dataset)} images, evaluating on {len(eval_dataset)}, "

@@ -155,9 +155,23 @@ _TORCH_DTYPES = (
     torch.float64,
 )
 
-# PIL modes that are converted before reading the pixels; all other supported modes are read as they are.
-_PIL_MODE_CONVERSIONS = {"1": "L", "LA": "L", "P": "RGB", "PA": "RGB"}
-_PIL_READABLE_MODES = {"L", "RGB", "RGBA", "I;16", "I;16L", "I;16B", "I", "F"}
+# How a PIL image's mode becomes bands, the one rule of the package (this processor, pretraining, evaluation,
+# fine-tuning): these modes are converted first (alpha dropped, palettes and other colour spaces to RGB, bilevel to
+# grayscale), RGBA keeps its fourth band only for a 4-band model, and the others (L, RGB, the 16- and 32-bit integer
+# and float modes) are read as they are.
+_PIL_MODE_CONVERSIONS = {
+    "1": "L",
+    "LA": "L",
+    "La": "L",
+    "P": "RGB",
+    "PA": "RGB",
+    "RGBa": "RGB",
+    "RGBX": "RGB",
+    "CMYK": "RGB",
+    "YCbCr": "RGB",
+    "LAB": "RGB",
+    "HSV": "RGB",
+}
 
 # Options of `ImagesKwargs` this processor does not implement: refuse them instead of ignoring them silently.
 _UNSUPPORTED_OPTIONS = ("do_center_crop", "crop_size", "do_pad", "pad_size", "do_convert_rgb", "data_format")
@@ -214,6 +228,42 @@ def _as_per_band_list(values: Any, num_channels: int) -> Any:
     if isinstance(values, (int, float)) and not isinstance(values, bool):
         return [float(values)] * num_channels
     return _as_float_list(values)
+
+
+def eight_bit_range_problem(low: float, high: float, is_float: bool) -> str | None:
+    """
+    The package's one rule for band statistics rescaled by 1/255, which are made for 8-bit pixels: what is wrong with
+    an image whose values span `[low, high]`, or None. Values beyond 0-255 are never 8-bit pixels; floats within
+    [0, 1] are pixels already rescaled (the processor takes them as they are, pretraining's rescaling cannot).
+    """
+    if low < 0 or high > 255:
+        return f"values in [{low:g}, {high:g}], beyond the 0-255 of 8-bit pixels"
+    if is_float and high <= 1:
+        return f"values in [{low:g}, {high:g}]: already scaled to [0, 1], not 8-bit pixels"
+    return None
+
+
+def has_8_bit_statistics(rescale_factor: float, offset: float) -> bool:
+    """Whether band statistics with this rescaling are made for 8-bit pixels (rescaled by 1/255, no offset)."""
+    return not offset and math.isclose(rescale_factor, 1 / 255)
+
+
+def pil_image_to_bands(image: Image.Image, num_channels: int | None = None) -> np.ndarray:
+    """
+    The pixels of a PIL image as a `(bands, height, width)` array, by the package's one rule: alpha is dropped (RGBA
+    keeps it as a fourth band only when `num_channels` is 4, e.g. RGB+NIR stored as a 4-band PNG), palettes and other
+    colour spaces become RGB, bilevel images grayscale, and grayscale is repeated into 3 bands when `num_channels` is
+    3; 16-bit, 32-bit and float modes are read as they are.
+    """
+    if image.mode == "RGBA" and num_channels != 4:
+        image = image.convert("RGB")
+    elif image.mode in _PIL_MODE_CONVERSIONS:
+        image = image.convert(_PIL_MODE_CONVERSIONS[image.mode])
+    pixels = np.asarray(image)
+    pixels = pixels[np.newaxis] if pixels.ndim == 2 else np.moveaxis(pixels, -1, 0)
+    if pixels.shape[0] == 1 and num_channels == 3:
+        pixels = np.repeat(pixels, 3, axis=0)
+    return pixels
 
 
 class PeraImageProcessor(BaseImageProcessor):
@@ -508,28 +558,27 @@ class PeraImageProcessor(BaseImageProcessor):
         Whether `image` is rescaled. Statistics rescaled by 1/255 are for 8-bit pixels: floats in [0, 1] are taken as
         already rescaled (the same image as their 8-bit equivalent), values outside 0-255 are refused.
         """
-        if not options["do_rescale"] or options["offset"] or not math.isclose(options["rescale_factor"], 1 / 255):
+        if not options["do_rescale"] or not has_8_bit_statistics(options["rescale_factor"], options["offset"]):
             return options["do_rescale"]
         low, high = float(image.min()), float(image.max())
+        problem = eight_bit_range_problem(low, high, is_float)
+        if problem is None:
+            return True
         if is_float and low >= 0 and high <= 1:
             return False
-        if low < 0 or high > 255:
-            raise ValueError(
-                f"Image {index} has values in [{low:g}, {high:g}], but this processor's statistics are for 8-bit "
-                "pixels (0-255, rescaled by 1/255). For 16-bit or other data use statistics made for its range: a "
-                "preset such as 'sentinel2-l2a' for Sentinel-2 digital numbers, or `rescale_factor` set to 1 / the "
-                "data's maximum (e.g. 1/65535) with `image_mean` and `image_std` of your data; or convert the images "
-                "to 8-bit."
-            )
-        return True
+        raise ValueError(
+            f"Image {index} has {problem}, but this processor's statistics are for 8-bit pixels (0-255, rescaled by "
+            "1/255). For 16-bit or other data use statistics made for its range: a preset such as 'sentinel2-l2a' "
+            "for Sentinel-2 digital numbers, or `rescale_factor` set to 1 / the data's maximum (e.g. 1/65535) with "
+            "`image_mean` and `image_std` of your data; or convert the images to 8-bit."
+        )
 
     def _to_channels_first(self, image: Any, index: int, input_data_format: str | None) -> tuple[torch.Tensor, bool]:
         """Converts one image to a finite `(bands, height, width)` float32 tensor with `num_channels` bands; also
         says whether its pixels were floating point."""
         if isinstance(image, Image.Image):
-            image = self._pil_to_numpy(image, index)
-            # PIL stores the band axis last, whatever `input_data_format` says about arrays.
-            input_data_format = "channels_last"
+            image = pil_image_to_bands(image, self.num_channels)
+            input_data_format = "channels_first"
         if isinstance(image, np.ndarray):
             if image.dtype.type not in _NUMPY_DTYPES:
                 raise ValueError(
@@ -562,19 +611,6 @@ class PeraImageProcessor(BaseImageProcessor):
                 f"Image {index} contains NaN or infinite values; fill or mask them first (e.g. np.nan_to_num)."
             )
         return tensor, is_float
-
-    def _pil_to_numpy(self, image: Image.Image, index: int) -> np.ndarray:
-        """Reads the pixels of a PIL image, converting the modes that have no direct band meaning."""
-        mode = image.mode
-        if mode == "RGBA" and self.num_channels != 4:
-            image = image.convert("RGB")
-        elif mode in _PIL_MODE_CONVERSIONS:
-            image = image.convert(_PIL_MODE_CONVERSIONS[mode])
-        elif mode not in _PIL_READABLE_MODES:
-            raise ValueError(
-                f"Image {index} has the unsupported PIL mode {mode!r}; convert it first, e.g. image.convert('RGB')."
-            )
-        return np.asarray(image)
 
     def _move_bands_first(self, image: torch.Tensor, index: int, input_data_format: str | None) -> torch.Tensor:
         """Puts the band axis first, inferring it from `num_channels` when `input_data_format` is unset."""
@@ -669,4 +705,7 @@ __all__ = [
     "SENTINEL2_WAVELENGTHS",
     "PeraImageProcessor",
     "PeraImageProcessorKwargs",
+    "eight_bit_range_problem",
+    "has_8_bit_statistics",
+    "pil_image_to_bands",
 ]

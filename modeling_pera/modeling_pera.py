@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
@@ -27,6 +26,14 @@ from transformers.utils.generic import can_return_tuple, merge_with_config_defau
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_pera import PeraConfig, pera_mask_counts
+from .losses_pera import (
+    dino_teacher_targets,
+    koleo_loss,
+    patchify,
+    pixel_loss,
+    soft_target_cross_entropy,
+    updated_dino_center,
+)
 
 
 def pera_mask_indices(
@@ -52,16 +59,6 @@ def pera_mask_indices(
 def gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """`tokens[b, index[b, j]]` for tokens `(batch, length, dim)` and index `(batch, count)`."""
     return torch.gather(tokens, 1, index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
-
-
-def patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """`(batch, channels, height, width)` -> `(batch, num_patches, patch_size**2 * channels)`, patches in raster order
-    and each patch's values ordered (row, column, channel) as in transformers' ViTMAE."""
-    batch_size, num_channels, height, width = pixel_values.shape
-    grid_height, grid_width = height // patch_size, width // patch_size
-    patches = pixel_values.reshape(batch_size, num_channels, grid_height, patch_size, grid_width, patch_size)
-    patches = torch.einsum("bchpwq->bhwpqc", patches)
-    return patches.reshape(batch_size, grid_height * grid_width, patch_size**2 * num_channels)
 
 
 class PeraPatchEmbeddings(nn.Module):
@@ -500,107 +497,6 @@ class PeraForPreTrainingOutput(ModelOutput):
     teacher_patch_index: torch.LongTensor | None = None
 
 
-class _SoftTargetCrossEntropy(torch.autograd.Function):
-    """The autograd of [`soft_target_cross_entropy`]: saves its inputs and one log-normaliser per row, and recomputes
-    the softmax chunk by chunk in backward instead of keeping a float32 copy of the logits."""
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, target_probs: torch.Tensor, temperature: float, chunk_rows: int):
-        row_losses = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
-        log_normalizers = torch.empty_like(row_losses)
-        for start in range(0, logits.shape[0], chunk_rows):
-            rows = slice(start, start + chunk_rows)
-            scaled = logits[rows].float() / temperature
-            targets = target_probs[rows]
-            log_normalizers[rows] = torch.logsumexp(scaled, dim=-1)
-            row_losses[rows] = log_normalizers[rows] * targets.sum(dim=-1) - torch.einsum("rk,rk->r", targets, scaled)
-        ctx.save_for_backward(logits, target_probs, log_normalizers)
-        ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
-        return row_losses.mean()
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):
-        logits, target_probs, log_normalizers = ctx.saved_tensors
-        grad_logits = torch.empty_like(logits)
-        scale = grad_output / (logits.shape[0] * ctx.temperature)
-        for start in range(0, logits.shape[0], ctx.chunk_rows):
-            rows = slice(start, start + ctx.chunk_rows)
-            targets = target_probs[rows]
-            probs = torch.exp(logits[rows].float() / ctx.temperature - log_normalizers[rows, None])
-            grad_logits[rows] = ((probs * targets.sum(dim=-1, keepdim=True) - targets) * scale).to(logits.dtype)
-        return grad_logits, None, None, None
-
-
-def soft_target_cross_entropy(
-    logits: torch.Tensor, target_probs: torch.Tensor, temperature: float, chunk_elements: int = 2**24
-) -> torch.Tensor:
-    """
-    `-(target_probs * log_softmax(logits / temperature)).sum(-1).mean()`, computed in float32 over chunks of rows.
-
-    With 131072 prototypes the logits of one step are hundreds of MB; the plain expression keeps float32 copies of
-    them for backward (the cast, the scaled logits, the log-probabilities). Here only the inputs (in their own dtype,
-    e.g. bf16) and one number per row are kept, and no temporary exceeds `chunk_elements` float32 values.
-
-    Args:
-        logits (`torch.Tensor` of shape `(rows, classes)`):
-            The student's logits, any float dtype; receives the gradient.
-        target_probs (`torch.Tensor` of shape `(rows, classes)`):
-            The teacher's target distributions (no gradient).
-        temperature (`float`):
-            Divides the logits before the softmax.
-    """
-    chunk_rows = max(1, chunk_elements // logits.shape[-1])
-    return _SoftTargetCrossEntropy.apply(logits, target_probs.detach(), temperature, chunk_rows)
-
-
-@torch.no_grad()
-def sinkhorn_knopp(scaled_logits: torch.Tensor, iterations: int) -> torch.Tensor:
-    """
-    Teacher targets by Sinkhorn-Knopp normalisation (DINOv2's alternative to the centre): starting from
-    `exp(scaled_logits)`, alternately rescales every prototype to carry an equal share of the batch's mass (over the
-    rows of all processes) and every row to sum to one, `iterations` times.
-
-    Args:
-        scaled_logits (`torch.Tensor` of shape `(rows, prototypes)`):
-            The teacher's logits divided by the teacher temperature, float32.
-
-    Returns:
-        `torch.Tensor` of the same shape: one target distribution per row.
-    """
-    distributed = dist.is_available() and dist.is_initialized()
-    largest = scaled_logits.max()  # a constant factor of exp(): cancels in the first normalisation, avoids overflow
-    if distributed:
-        dist.all_reduce(largest, op=dist.ReduceOp.MAX)
-    targets = torch.exp(scaled_logits - largest)
-    num_rows = targets.shape[0] * (dist.get_world_size() if distributed else 1)
-    total = targets.sum()
-    if distributed:
-        dist.all_reduce(total)
-    targets /= total
-    tiny = torch.finfo(targets.dtype).tiny
-    for _ in range(iterations):
-        per_prototype = targets.sum(dim=0, keepdim=True)
-        if distributed:
-            dist.all_reduce(per_prototype)
-        targets /= per_prototype.clamp_min(tiny) * targets.shape[1]
-        targets /= targets.sum(dim=1, keepdim=True).clamp_min(tiny) * num_rows
-    return targets * num_rows
-
-
-def koleo_loss(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """
-    KoLeo regulariser `-mean(log(distance to nearest neighbour))` of L2-normalised `features` `(groups, batch, dim)`,
-    computed within each group and summed over groups.
-    """
-    features = F.normalize(features.float(), dim=-1, eps=eps)
-    with torch.no_grad():
-        similarities = features @ features.transpose(1, 2)
-        similarities.diagonal(dim1=1, dim2=2).fill_(-2.0)
-        nearest = similarities.argmax(dim=-1)
-    distances = torch.linalg.vector_norm(features - gather_tokens(features, nearest) + eps, dim=-1)
-    return -torch.log(distances + eps).mean(dim=1).sum()
-
-
 class PeraForPreTraining(PeraPreTrainedModel):
     """
     PerA pretraining: a student encoder and DINO head trained by gradient, their EMA copies (the teacher, stored as
@@ -664,18 +560,6 @@ class PeraForPreTraining(PeraPreTrainedModel):
         torch._foreach_lerp_(teacher, student, 1.0 - momentum)
         self.teacher.embeddings.mask_token.copy_(self.student.embeddings.mask_token)
 
-    @torch.no_grad()
-    def _update_center(self, teacher_logits: torch.Tensor) -> None:
-        """EMA of the mean teacher logits over all views of all processes; used from the next step on. A non-finite
-        batch (NaN pixels, a diverged step) leaves the centre as it was instead of poisoning every later step; that
-        step's loss is non-finite, which stops pretraining (checked on the device, without a host sync)."""
-        batch_center = teacher_logits.float().mean(dim=0, keepdim=True)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(batch_center)
-            batch_center /= dist.get_world_size()
-        updated = torch.lerp(self.center, batch_center, 1.0 - self.config.center_momentum)
-        self.center.copy_(torch.where(torch.isfinite(batch_center).all(), updated, self.center))
-
     def _draw_masks(
         self, noise: torch.Tensor | None, pixel_values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -692,6 +576,53 @@ class PeraForPreTraining(PeraPreTrainedModel):
                 f"{num_patches}), got {tuple(noise.shape)}."
             )
         return pera_mask_indices(noise, self.config.student_ratio, self.config.teacher_ratio)
+
+    @staticmethod
+    def _check_views(
+        student_global_pixel_values: torch.Tensor,
+        teacher_global_pixel_values: torch.Tensor,
+        student_local_pixel_values: torch.Tensor | None,
+        teacher_local_pixel_values: torch.Tensor | None,
+    ) -> None:
+        if (
+            student_global_pixel_values.ndim != 5
+            or student_global_pixel_values.shape != teacher_global_pixel_values.shape
+        ):
+            raise ValueError(
+                "student_global_pixel_values and teacher_global_pixel_values must both have shape (num_global_crops, "
+                f"batch_size, channels, height, width); got {tuple(student_global_pixel_values.shape)} and "
+                f"{tuple(teacher_global_pixel_values.shape)}."
+            )
+        if student_local_pixel_values is not None and (
+            teacher_local_pixel_values is None
+            or student_local_pixel_values.ndim != 5
+            or student_local_pixel_values.shape != teacher_local_pixel_values.shape
+            or student_local_pixel_values.shape[1] != student_global_pixel_values.shape[1]
+        ):
+            raise ValueError(
+                "student_local_pixel_values and teacher_local_pixel_values must both be given, with shape "
+                "(num_local_crops, batch_size, channels, height, width) and the batch size of the global crops."
+            )
+
+    @torch.no_grad()
+    def _teacher_targets(
+        self, crops: list[tuple[torch.Tensor, ...]], teacher_temperature: float | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The teacher's DINO logits, target distributions and their mean entropy, from CLS + T of every crop (crop
+        sizes differ, so global and local crops are separate sequences)."""
+        teacher_cls = [
+            self.teacher(teacher_view.flatten(0, 1), visible_patch_index=teacher_index.flatten(0, 1)).pooler_output
+            for _, teacher_view, _, teacher_index in crops
+        ]
+        teacher_logits = self.teacher_dino_head(torch.cat(teacher_cls))
+        teacher_probs, teacher_entropy = dino_teacher_targets(
+            teacher_logits,
+            self.center,
+            teacher_temperature,
+            self.config.teacher_centering,
+            self.config.sinkhorn_iterations,
+        )
+        return teacher_logits, teacher_probs, teacher_entropy
 
     @can_return_tuple
     def forward(
@@ -726,26 +657,13 @@ class PeraForPreTraining(PeraPreTrainedModel):
         In training mode (with the reference's `teacher_centering="center"`), the call also moves the DINO centre with
         this step's teacher outputs (the targets of this step use the centre of the previous steps).
         """
-        if (
-            student_global_pixel_values.ndim != 5
-            or student_global_pixel_values.shape != teacher_global_pixel_values.shape
-        ):
-            raise ValueError(
-                "student_global_pixel_values and teacher_global_pixel_values must both have shape (num_global_crops, "
-                f"batch_size, channels, height, width); got {tuple(student_global_pixel_values.shape)} and "
-                f"{tuple(teacher_global_pixel_values.shape)}."
-            )
+        self._check_views(
+            student_global_pixel_values,
+            teacher_global_pixel_values,
+            student_local_pixel_values,
+            teacher_local_pixel_values,
+        )
         has_local_crops = student_local_pixel_values is not None
-        if has_local_crops and (
-            teacher_local_pixel_values is None
-            or student_local_pixel_values.ndim != 5
-            or student_local_pixel_values.shape != teacher_local_pixel_values.shape
-            or student_local_pixel_values.shape[1] != student_global_pixel_values.shape[1]
-        ):
-            raise ValueError(
-                "student_local_pixel_values and teacher_local_pixel_values must both be given, with shape "
-                "(num_local_crops, batch_size, channels, height, width) and the batch size of the global crops."
-            )
         if teacher_temperature is None:
             teacher_temperature = self.config.teacher_temperature
         num_global_crops, batch_size = student_global_pixel_values.shape[:2]
@@ -762,28 +680,7 @@ class PeraForPreTraining(PeraPreTrainedModel):
                 (student_local_pixel_values, teacher_local_pixel_values, local_student_index, local_teacher_index)
             )
 
-        # Teacher: CLS + T of every crop. Crop sizes differ, so global and local crops are separate sequences.
-        with torch.no_grad():
-            teacher_cls = [
-                self.teacher(teacher_view.flatten(0, 1), visible_patch_index=teacher_index.flatten(0, 1)).pooler_output
-                for _, teacher_view, _, teacher_index in crops
-            ]
-            teacher_logits = self.teacher_dino_head(torch.cat(teacher_cls))
-            if self.config.teacher_centering == "sinkhorn_knopp":
-                teacher_probs = sinkhorn_knopp(
-                    teacher_logits.float() / teacher_temperature, self.config.sinkhorn_iterations
-                )
-                teacher_entropy = torch.special.entr(teacher_probs).sum(dim=-1).mean()
-            else:
-                # float32 from here (the centre is float32), in place where possible: the logits are large
-                scaled_teacher_logits = (teacher_logits - self.center).div_(teacher_temperature)
-                teacher_probs = torch.softmax(scaled_teacher_logits, dim=-1)
-                teacher_entropy = (
-                    torch.logsumexp(scaled_teacher_logits, dim=-1)
-                    - torch.einsum("rk,rk->r", teacher_probs, scaled_teacher_logits)
-                ).mean()
-                del scaled_teacher_logits
-            center_norm = torch.linalg.vector_norm(self.center)
+        teacher_logits, teacher_probs, teacher_entropy = self._teacher_targets(crops, teacher_temperature)
 
         # Student: CLS + S, and for global crops the mask tokens of R joining before `mask_token_layer`; they come
         # last in the output sequence.
@@ -816,27 +713,24 @@ class PeraForPreTraining(PeraPreTrainedModel):
                 patchify(student_global_pixel_values.flatten(0, 1), self.config.patch_size),
                 global_predicted_index.flatten(0, 1),
             )
-            if self.config.normalize_pixel_targets:
-                mean = target_pixels.mean(dim=-1, keepdim=True)
-                variance = target_pixels.var(dim=-1, keepdim=True)
-                target_pixels = (target_pixels - mean) / (variance + 1e-6).sqrt()
-            pixel_loss = (predicted_pixels.float() - target_pixels.float()).pow(2).sum(dim=-1).mean()
+            pixel = pixel_loss(predicted_pixels, target_pixels, self.config.normalize_pixel_targets)
         else:  # the full-view baseline predicts nothing
-            pixel_loss = predicted_pixels.sum() * 0.0
+            pixel = predicted_pixels.sum() * 0.0
 
+        center_norm = torch.linalg.vector_norm(self.center)
         loss = (
             self.config.dino_loss_weight * dino_loss
             + self.config.koleo_loss_weight * koleo
-            + self.config.pixel_loss_weight * pixel_loss
+            + self.config.pixel_loss_weight * pixel
         )
         if self.training and self.config.teacher_centering == "center":
-            self._update_center(teacher_logits)
+            self.center.copy_(updated_dino_center(self.center, teacher_logits, self.config.center_momentum))
 
         return PeraForPreTrainingOutput(
             loss=loss,
             dino_loss=dino_loss,
             koleo_loss=koleo,
-            pixel_loss=pixel_loss,
+            pixel_loss=pixel,
             teacher_entropy=teacher_entropy,
             center_norm=center_norm,
             predicted_pixels=predicted_pixels.view(
@@ -951,8 +845,5 @@ __all__ = [
     "PeraForPreTrainingOutput",
     "PeraModel",
     "PeraPreTrainedModel",
-    "koleo_loss",
-    "patchify",
     "pera_mask_indices",
-    "soft_target_cross_entropy",
 ]

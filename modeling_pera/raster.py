@@ -11,15 +11,21 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Reading remote-sensing rasters into `(bands, height, width)` arrays without GDAL.
+"""The one way from an image file to bands, used by pretraining, evaluation, fine-tuning and visualisation: listing
+(suffixes, band folders), decoding into `(bands, height, width)` arrays without GDAL (GeoTIFF/TIFF with tifffile,
+JPEG/PNG and the other formats PIL knows with PIL, BigEarthNet-style band folders), PIL's modes turned into bands by
+[`pil_image_to_bands`] (the processor's own rule), and resampling bands to one grid.
 
-GeoTIFF/TIFF files are read with tifffile, JPEG/PNG (and the other formats PIL knows) with PIL. The arrays feed
-[`PeraImageProcessor`] directly. This module is part of the installed package, not of the Hub code files.
+The arrays feed [`PeraImageProcessor`] directly. This module is part of the installed package, not of the Hub code
+files.
 """
 
+import io
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import tifffile
@@ -27,12 +33,20 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .image_processing_pera import PERA_PROCESSOR_PRESETS, SENTINEL2_L2A_BANDS
+from .image_processing_pera import (
+    PERA_PROCESSOR_PRESETS,
+    SENTINEL2_L1C_BANDS,
+    SENTINEL2_L2A_BANDS,
+    pil_image_to_bands,
+)
 
 
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff")
+_TIFF_EXTENSIONS = (".tif", ".tiff")
 # First bytes of classic and BigTIFF files, little- and big-endian.
 _TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-_TIFF_SUFFIXES = (".tif", ".tiff")
 _TORCH_MODE_FOR_RESAMPLE = {"nearest": "nearest-exact", "bilinear": "bilinear", "bicubic": "bicubic"}
 
 
@@ -45,19 +59,131 @@ def is_tiff(header: bytes) -> bool:
     return header[:4] in _TIFF_SIGNATURES
 
 
-def read_raster(path: str | os.PathLike) -> np.ndarray:
+def band_of_file(file_name: str) -> str | None:
+    """The band a BigEarthNet-style band file `<patch>_<band>.tif` holds (the part of its name after the last
+    underscore, upper-case), or None for a name without one or a file that is not a TIFF."""
+    stem, suffix = os.path.splitext(file_name)
+    if suffix.lower() not in _TIFF_EXTENSIONS or "_" not in stem:
+        return None
+    return stem.rsplit("_", 1)[-1].upper()
+
+
+def is_image_file_name(file_name: str) -> bool:
+    """Whether a file of this name is read as an image: one of `IMAGE_EXTENSIONS` (any case), and not hidden."""
+    return not file_name.startswith(".") and file_name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _is_band_folder(file_names: Sequence[str]) -> bool:
+    """Two or more Sentinel-2 band files (`*_B01.tif`, ..., `*_B8A.tif`) make a folder one sample."""
+    return sum(band_of_file(name) in SENTINEL2_L1C_BANDS for name in file_names) >= 2
+
+
+def find_images(root: str | os.PathLike) -> list[Path]:
+    """
+    Lists the images under `root`, recursively, in a deterministic (sorted) order.
+
+    An image is a file of `IMAGE_EXTENSIONS` (`.jpg`, `.jpeg`, `.png`, `.webp`, `.tif`, `.tiff`, any case), or a
+    BigEarthNet-style band folder: a folder holding two or more single-band files `<name>_B01.tif`, `<name>_B02.tif`,
+    ... (Sentinel-2 bands `B01`-`B12` and `B8A`), which is one image (read with [`read_band_folder`]); its band files
+    are not listed on their own. Hidden files and folders (names starting with `.`) are skipped, as are zero-byte
+    files and files of other extensions (counted and logged with a warning). Symbolic links are followed, each real
+    folder once.
+
+    Args:
+        root (`str` or `os.PathLike`):
+            The folder to search.
+
+    Returns:
+        `list[Path]`: image files and band folders.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a folder: pass the folder that holds the images.")
+    samples, zero_byte_files, missing_files, other_files = [], [], [], []
+    visited = set()
+    for folder, subfolders, file_names in os.walk(root, followlinks=True):
+        real_folder = os.path.realpath(folder)
+        if real_folder in visited:
+            subfolders.clear()
+            continue
+        visited.add(real_folder)
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        folder = Path(folder)
+        band_folder = _is_band_folder(file_names)
+        if band_folder:
+            samples.append(folder)
+        for name in file_names:
+            if name.startswith(".") or (band_folder and band_of_file(name) in SENTINEL2_L1C_BANDS):
+                continue
+            path = folder / name
+            if not is_image_file_name(name):
+                other_files.append(path)
+                continue
+            try:
+                size = path.stat().st_size
+            except OSError:  # a broken symbolic link
+                missing_files.append(path)
+                continue
+            if size == 0:
+                zero_byte_files.append(path)
+            else:
+                samples.append(path)
+    other_kinds = f"files that are not {'/'.join(IMAGE_EXTENSIONS)} images"
+    skipped_kinds = ((zero_byte_files, "zero-byte files"), (missing_files, "broken links"), (other_files, other_kinds))
+    for skipped, kind in skipped_kinds:
+        if skipped:
+            examples = ", ".join(str(path) for path in sorted(skipped)[:3])
+            logger.warning(f"find_images: skipped {len(skipped)} {kind} under {root}, e.g. {examples}")
+    return sorted(samples)
+
+
+def read_image(
+    path: str | os.PathLike, num_channels: int | None = None, band_order: Sequence[str] = SENTINEL2_L2A_BANDS
+) -> np.ndarray:
+    """
+    Reads an image file ([`read_raster`]) or a band folder ([`read_band_folder`] with `band_order`) into a
+    `(bands, height, width)` array: what [`find_images`] lists.
+    """
+    if Path(path).is_dir():
+        return read_band_folder(path, band_order)
+    return read_raster(path, num_channels)
+
+
+def read_encoder_input(
+    path: str | os.PathLike, num_channels: int | None, bands: Sequence[int] | None = None
+) -> np.ndarray:
+    """
+    The pixels an encoder of `num_channels` bands (None: any count) gets from an image file or band folder: read with
+    [`read_image`], then its `bands` (0-based, in the encoder's order; all by default, see [`select_bands`]), as a
+    writable C-contiguous `(bands, height, width)` array. Raises a `ValueError` naming the file, the band counts and
+    what to do when they differ.
+    """
+    pixels = select_bands(read_image(path, None if bands else num_channels), bands, str(path))
+    if num_channels is not None and pixels.shape[0] != num_channels:
+        raise ValueError(
+            f"{path} has {pixels.shape[0]} bands{' after --bands' if bands else ''} but the encoder takes "
+            f"{num_channels}: {band_count_advice(pixels.shape[0], num_channels, pretraining=False)}."
+        )
+    # Stock processors wrap the array with torch.from_numpy, which warns on the read-only arrays PIL gives.
+    return np.require(pixels, requirements=("C_CONTIGUOUS", "WRITEABLE"))
+
+
+def read_raster(path: str | os.PathLike, num_channels: int | None = None) -> np.ndarray:
     """
     Reads an image file into an array of shape `(bands, height, width)`, in the dtype stored in the file.
 
     TIFF and GeoTIFF (recognised by their first bytes, whatever the file name) are read with tifffile: band-interleaved
     (`YXS`) and planar (`SYX`) layouts and multi-page band stacks all come back channels-first, a single band as
     `(1, height, width)`, and pyramids at full resolution. Georeferencing is not returned. Other formats (JPEG, PNG,
-    ...) are read with PIL: grayscale gives 1 band, RGB 3, palette images are expanded to RGB, and an alpha band is
-    kept as the last band (RGBA gives 4 bands; take `[:3]` for RGB). Bilevel (mode `1`) images give uint8 0/1.
+    ...) are read with PIL, their mode turned into bands by [`pil_image_to_bands`]: grayscale gives 1 band (3 when
+    `num_channels` is 3), RGB 3, palettes and other colour spaces RGB, and an alpha band is dropped (kept as a fourth
+    band only when `num_channels` is 4).
 
     Args:
         path (`str` or `os.PathLike`):
             The file to read.
+        num_channels (`int`, *optional*):
+            The band count of the model the pixels are for, which decides the two cases above.
 
     Returns:
         `np.ndarray`: the pixels, `(bands, height, width)`.
@@ -70,37 +196,45 @@ def read_raster(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No raster file at {path}.")
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise RasterReadError(f"Cannot read {path}: the file is empty (0 bytes).")
     with open(path, "rb") as file:
-        header = file.read(4)
-    if is_tiff(header):
-        return _read_tiff(path)
-    return _read_with_pil(path)
+        if is_tiff(file.read(4)):
+            file.seek(0)
+            return _read_tiff(file, str(path), size)
+    return _read_with_pil(path, str(path), num_channels)
 
 
-def _read_tiff(path: Path) -> np.ndarray:
-    """Reads the first series of a TIFF file at full resolution, bands first."""
-    file_size = path.stat().st_size
+def decode_image_bytes(data: bytes, description: str, num_channels: int | None = None) -> np.ndarray:
+    """An encoded image held in memory (e.g. a `datasets` image column), read as [`read_raster`] reads files;
+    `description` names it in errors."""
+    if is_tiff(data):
+        return _read_tiff(io.BytesIO(data), description, len(data))
+    return _read_with_pil(io.BytesIO(data), description, num_channels)
+
+
+def _read_tiff(file: BinaryIO, description: str, size: int) -> np.ndarray:
+    """Reads the first series of a TIFF file of `size` bytes at full resolution, bands first."""
     try:
-        with tifffile.TiffFile(path) as tiff:
+        with tifffile.TiffFile(file) as tiff:
             series = tiff.series[0]
             # tifffile reads what is there and fails late, with a decoder message, on a cut-off file: say it plainly.
             for page in series.pages:
                 end_of_data = max(
                     (offset + count for offset, count in zip(page.dataoffsets, page.databytecounts)), default=0
                 )
-                if end_of_data > file_size:
+                if end_of_data > size:
                     raise RasterReadError(
-                        f"Cannot read {path}: the file is truncated (its pixel data runs to byte {end_of_data}, "
-                        f"the file has {file_size} bytes)."
+                        f"Cannot read {description}: the file is truncated (its pixel data runs to byte "
+                        f"{end_of_data}, the file has {size} bytes)."
                     )
             pixels = series.asarray()
             axes = series.axes
     except RasterReadError:
         raise
     except Exception as error:  # tifffile and its codecs raise many types for corrupt input
-        raise RasterReadError(f"Cannot read {path} as TIFF: {type(error).__name__}: {error}") from error
+        raise RasterReadError(f"Cannot read {description} as TIFF: {type(error).__name__}: {error}") from error
 
     # Drop length-1 axes other than the image plane (e.g. a single sample or page axis).
     keep = [index for index, axis in enumerate(axes) if axis in "YX" or pixels.shape[index] != 1]
@@ -108,7 +242,7 @@ def _read_tiff(path: Path) -> np.ndarray:
     axes = "".join(axes[index] for index in keep)
     if "Y" not in axes or "X" not in axes or len(axes) > 3:
         raise RasterReadError(
-            f"Cannot read {path}: unsupported TIFF layout {series.axes} of shape {series.shape}; expected a "
+            f"Cannot read {description}: unsupported TIFF layout {series.axes} of shape {series.shape}; expected a "
             "single image of one or more bands."
         )
     if len(axes) == 2:
@@ -117,24 +251,14 @@ def _read_tiff(path: Path) -> np.ndarray:
     return np.moveaxis(pixels, band_axis, 0)
 
 
-def _read_with_pil(path: Path) -> np.ndarray:
+def _read_with_pil(file: str | os.PathLike | BinaryIO, description: str, num_channels: int | None) -> np.ndarray:
     """Reads a JPEG, PNG or other PIL-readable file, bands first."""
     try:
-        with Image.open(path) as image:
+        with Image.open(file) as image:
             image.load()
-            if image.mode == "P":
-                image = image.convert("RGB")
-            pixels = np.asarray(image, dtype=np.uint8 if image.mode == "1" else None)
+            return pil_image_to_bands(image, num_channels)
     except Exception as error:  # PIL raises OSError subclasses, SyntaxError and ValueError for corrupt input
-        raise RasterReadError(f"Cannot read {path} as an image: {type(error).__name__}: {error}") from error
-    if pixels.ndim == 2:
-        return pixels[np.newaxis]
-    return np.moveaxis(pixels, -1, 0)
-
-
-def _band_of(file_name: str) -> str:
-    """The band a file holds, from BigEarthNet-style names `<patch>_<band>.tif`."""
-    return Path(file_name).stem.rsplit("_", 1)[-1].upper()
+        raise RasterReadError(f"Cannot read {description} as an image: {type(error).__name__}: {error}") from error
 
 
 def read_band_folder(
@@ -179,8 +303,9 @@ def read_band_folder(
 
     files_by_band: dict[str, list[Path]] = {}
     for file in sorted(folder.iterdir()):
-        if file.is_file() and file.suffix.lower() in _TIFF_SUFFIXES:
-            files_by_band.setdefault(_band_of(file.name), []).append(file)
+        band = band_of_file(file.name)
+        if band is not None and file.is_file():
+            files_by_band.setdefault(band, []).append(file)
 
     wanted = [band.upper() for band in band_order]
     missing = [band for band in wanted if band not in files_by_band]
@@ -262,4 +387,18 @@ def band_count_advice(found: int, expected: int, pretraining: bool = True) -> st
     return "; or ".join(advice)
 
 
-__all__ = ["RasterReadError", "band_count_advice", "is_tiff", "read_band_folder", "read_raster", "select_bands"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "RasterReadError",
+    "band_count_advice",
+    "band_of_file",
+    "decode_image_bytes",
+    "find_images",
+    "is_image_file_name",
+    "is_tiff",
+    "read_band_folder",
+    "read_encoder_input",
+    "read_image",
+    "read_raster",
+    "select_bands",
+]

@@ -30,6 +30,11 @@ _BLEND_ORDER_COLUMNS = slice(3, 6)
 _BLEND_FACTOR_COLUMNS = slice(6, 9)
 _HUE_COLUMNS = slice(9, None)
 
+# The reference's crop geometry (torchvision's RandomResizedCrop ratios; horizontal and vertical flips), also used by
+# fine-tuning's augmentation.
+CROP_ASPECT_RATIOS = (3 / 4, 4 / 3)
+FLIP_PROBABILITY = 0.5
+
 # ITU-R 601 luma weights, as torchvision's `rgb_to_grayscale`
 _LUMA_WEIGHTS = (0.2989, 0.587, 0.114)
 
@@ -144,6 +149,60 @@ def apply_photometry(views: torch.Tensor, photometry: torch.Tensor, rgb: bool) -
     return torch.where(grayscale, _grayscale(views, rgb).expand_as(views), views)
 
 
+def random_crop_box(
+    height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float], generator: torch.Generator
+) -> tuple[int, int, int, int]:
+    """`(top, left, crop_height, crop_width)` of a random crop, by torchvision's `RandomResizedCrop` rule: area
+    fraction in `scale`, aspect ratio in `ratio` (log-uniform), drawn from `generator`."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * _uniform(generator, *scale)
+        aspect_ratio = math.exp(_uniform(generator, *log_ratio))
+        crop_width = round(math.sqrt(target_area * aspect_ratio))
+        crop_height = round(math.sqrt(target_area / aspect_ratio))
+        if 0 < crop_width <= width and 0 < crop_height <= height:
+            top = int(torch.randint(0, height - crop_height + 1, (), generator=generator))
+            left = int(torch.randint(0, width - crop_width + 1, (), generator=generator))
+            return top, left, crop_height, crop_width
+    # Fallback: the largest centred crop whose aspect ratio lies in `ratio`.
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        crop_width, crop_height = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        crop_width, crop_height = round(height * ratio[1]), height
+    else:
+        crop_width, crop_height = width, height
+    crop_width, crop_height = max(1, crop_width), max(1, crop_height)
+    return (height - crop_height) // 2, (width - crop_width) // 2, crop_height, crop_width
+
+
+def random_resized_crop(
+    image: torch.Tensor,
+    size: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    flip_probability: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """
+    A random resized crop of `image` `(bands, height, width)` to `size` x `size` (bilinear, antialiased when
+    downsampling; box by [`random_crop_box`]), then horizontal and vertical flips with `flip_probability` each, in
+    float32 before any offset and rescaling (both are affine, so they commute with the interpolation). The geometry
+    of PerA's aligned pairs and of fine-tuning's augmentation.
+    """
+    top, left, crop_height, crop_width = random_crop_box(image.shape[1], image.shape[2], scale, ratio, generator)
+    crop = image[:, top : top + crop_height, left : left + crop_width].to(torch.float32)
+    downsampling = crop_height > size or crop_width > size
+    crop = F.interpolate(
+        crop.unsqueeze(0), size=(size, size), mode="bilinear", align_corners=False, antialias=downsampling
+    ).squeeze(0)
+    horizontal_flip = _bernoulli(generator, flip_probability)
+    vertical_flip = _bernoulli(generator, flip_probability)
+    flip_dims = [dim for dim, flip in ((-1, horizontal_flip), (-2, vertical_flip)) if flip]
+    return crop.flip(flip_dims) if flip_dims else crop
+
+
 class AlignedPairViews:
     r"""
     Makes PerA's aligned view pairs of one image: `num_global_crops` global and `num_local_crops` local crops, each
@@ -241,12 +300,12 @@ class AlignedPairViews:
         num_local_crops: int | None = None,
         global_crops_scale: tuple[float, float] = (0.4, 1.0),
         local_crops_scale: tuple[float, float] = (0.05, 0.4),
-        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        ratio: tuple[float, float] = CROP_ASPECT_RATIOS,
         image_mean: Sequence[float] | None = None,
         image_std: Sequence[float] | None = None,
         offset: float | None = None,
         rescale_factor: float | None = None,
-        flip_probability: float = 0.5,
+        flip_probability: float = FLIP_PROBABILITY,
         student_color_probability: float = 0.8,
         student_grayscale_probability: float = 0.1,
         teacher_color_probability: float = 0.1,
@@ -423,47 +482,11 @@ class AlignedPairViews:
                 finished[f"{role}_{kind}_pixel_values"] = views.unflatten(0, crops.shape[:2])
         return finished
 
-    def _crop_box(
-        self, height: int, width: int, scale: tuple[float, float], generator: torch.Generator
-    ) -> tuple[int, int, int, int]:
-        """`(top, left, crop_height, crop_width)` of a random crop, by torchvision's `RandomResizedCrop` rule."""
-        area = height * width
-        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
-        for _ in range(10):
-            target_area = area * _uniform(generator, *scale)
-            aspect_ratio = math.exp(_uniform(generator, *log_ratio))
-            crop_width = round(math.sqrt(target_area * aspect_ratio))
-            crop_height = round(math.sqrt(target_area / aspect_ratio))
-            if 0 < crop_width <= width and 0 < crop_height <= height:
-                top = int(torch.randint(0, height - crop_height + 1, (), generator=generator))
-                left = int(torch.randint(0, width - crop_width + 1, (), generator=generator))
-                return top, left, crop_height, crop_width
-        # Fallback: the largest centred crop whose aspect ratio lies in `ratio`.
-        in_ratio = width / height
-        if in_ratio < self.ratio[0]:
-            crop_width, crop_height = width, round(width / self.ratio[0])
-        elif in_ratio > self.ratio[1]:
-            crop_width, crop_height = round(height * self.ratio[1]), height
-        else:
-            crop_width, crop_height = width, height
-        crop_width, crop_height = max(1, crop_width), max(1, crop_height)
-        return (height - crop_height) // 2, (width - crop_width) // 2, crop_height, crop_width
-
     def _aligned_crop(
         self, image: torch.Tensor, size: int, scale: tuple[float, float], generator: torch.Generator
     ) -> torch.Tensor:
-        """The geometry shared by both views: a random resized crop and flips, float32 before offset and rescale
-        (both are affine, so they commute with the interpolation)."""
-        top, left, crop_height, crop_width = self._crop_box(image.shape[1], image.shape[2], scale, generator)
-        crop = image[:, top : top + crop_height, left : left + crop_width].to(torch.float32)
-        downsampling = crop_height > size or crop_width > size
-        crop = F.interpolate(
-            crop.unsqueeze(0), size=(size, size), mode="bilinear", align_corners=False, antialias=downsampling
-        ).squeeze(0)
-        horizontal_flip = _bernoulli(generator, self.flip_probability)
-        vertical_flip = _bernoulli(generator, self.flip_probability)
-        flip_dims = [dim for dim, flip in ((-1, horizontal_flip), (-2, vertical_flip)) if flip]
-        return crop.flip(flip_dims) if flip_dims else crop
+        """The geometry shared by both views."""
+        return random_resized_crop(image, size, scale, self.ratio, self.flip_probability, generator)
 
     def _student_photometry(self, generator: torch.Generator) -> torch.Tensor:
         """Strong photometry: grayscale (8% by default), colour jitter (72%) or unchanged."""
@@ -557,4 +580,14 @@ def pretraining_collate(samples: Sequence[dict]) -> dict[str, torch.Tensor]:
     return batch
 
 
-__all__ = ["SAMPLE_COUNTS", "AlignedPairViews", "apply_photometry", "pop_sample_counts", "pretraining_collate"]
+__all__ = [
+    "CROP_ASPECT_RATIOS",
+    "FLIP_PROBABILITY",
+    "SAMPLE_COUNTS",
+    "AlignedPairViews",
+    "apply_photometry",
+    "pop_sample_counts",
+    "pretraining_collate",
+    "random_crop_box",
+    "random_resized_crop",
+]

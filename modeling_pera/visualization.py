@@ -18,9 +18,8 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
-from .data import IMAGE_EXTENSIONS
 from .evaluation import extract_features, preprocess_image_file
-from .raster import read_raster
+from .raster import read_image
 
 
 # Band names (lower case) that identify the red, green and blue bands: plain names and Sentinel-2 / Landsat 8-9 band
@@ -268,20 +267,6 @@ def plot_feature_figure(
     return figure
 
 
-def list_image_files(folder: str | os.PathLike, suffixes: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
-    """The image files under `folder`, recursively, sorted by path (hidden files and folders left out)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"{folder} is not a folder.")
-    return sorted(
-        path
-        for path in folder.rglob("*")
-        if path.is_file()
-        and path.suffix.lower() in suffixes
-        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-    )
-
-
 def visualize_features(
     model: nn.Module,
     processor: Any,
@@ -307,7 +292,7 @@ def visualize_features(
         processor:
             Its image processor (e.g. [`PeraImageProcessor`]); its `band_names` pick the composite's bands.
         image_paths (`Sequence[str | os.PathLike]`):
-            The images to show (any format [`~modeling_pera.raster.read_raster`] reads).
+            The images to show (files or band folders, as [`~modeling_pera.raster.read_image`] reads them).
         output_dir (`str` or `os.PathLike`):
             Where to write `<image name>_features.png`.
         gallery_paths (`Sequence[str | os.PathLike]`, *optional*):
@@ -350,14 +335,14 @@ def visualize_features(
             for index, score in zip(row, scores):
                 neighbour = gallery_paths[index]
                 caption = f"{neighbour.parent.name}/{neighbour.stem}\ncosine {score:.3f}"
-                neighbours_of[query].append((rgb_composite(read_raster(neighbour), band_names), caption))
+                neighbours_of[query].append((rgb_composite(read_image(neighbour), band_names), caption))
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for index, path in enumerate(image_paths):
         figure = plot_feature_figure(
-            rgb_composite(read_raster(path), band_names),
+            rgb_composite(read_image(path), band_names),
             feature_maps.pca[index],
             feature_maps.attention[index],
             neighbours_of[index],
@@ -372,7 +357,6 @@ def visualize_features(
 __all__ = [
     "FeatureMaps",
     "compute_feature_maps",
-    "list_image_files",
     "nearest_neighbours",
     "pca_feature_maps",
     "plot_feature_figure",

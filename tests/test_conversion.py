@@ -217,7 +217,13 @@ def test_config_and_processor_of_the_converted_folder(converted):
         assert processor["image_mean"] == pytest.approx(PERA_RGB_MEAN)
         assert processor["image_std"] == pytest.approx(PERA_RGB_STD)
         assert processor["size"] == {"height": 448, "width": 448}
-        for name in ("configuration_pera.py", "modeling_pera.py", "image_processing_pera.py", "model.safetensors"):
+        for name in (
+            "configuration_pera.py",
+            "modeling_pera.py",
+            "losses_pera.py",
+            "image_processing_pera.py",
+            "model.safetensors",
+        ):
             assert (folder / name).is_file(), name
 
 

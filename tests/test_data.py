@@ -18,13 +18,13 @@ from modeling_pera.data import (
     PretrainingIterableDataset,
     PretrainingSampler,
     check_dataset,
-    find_images,
     load_pretraining_dataset,
     make_pretraining_dataloader,
     make_pretraining_dataset,
     seeded_generator,
 )
 from modeling_pera.image_processing_pera import SENTINEL2_L2A_BANDS
+from modeling_pera.raster import find_images
 from modeling_pera.views import AlignedPairViews
 
 

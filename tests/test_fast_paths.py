@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from modeling_pera import PeraForPreTraining
-from modeling_pera.modeling_pera import soft_target_cross_entropy
+from modeling_pera.losses_pera import soft_target_cross_entropy
 from modeling_pera.pretraining import enable_activation_checkpointing
 from pera_testing import tiny_config
 from test_modeling_pera import crops

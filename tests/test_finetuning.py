@@ -179,7 +179,13 @@ def test_trainer_fine_tuning_separates_the_classes(finetuned):
     config = json.loads((finetuned / "config.json").read_text())
     assert config["architectures"] == ["PeraForImageClassification"] and config["drop_path_rate"] == 0.0
     assert config["id2label"] == {"0": "forest", "1": "urban", "2": "water"}
-    for name in ("modeling_pera.py", "configuration_pera.py", "image_processing_pera.py", "preprocessor_config.json"):
+    for name in (
+        "modeling_pera.py",
+        "losses_pera.py",
+        "configuration_pera.py",
+        "image_processing_pera.py",
+        "preprocessor_config.json",
+    ):
         assert (finetuned / name).is_file(), name
 
 

@@ -10,7 +10,7 @@ from modeling_pera.configuration_pera import PERA_AUTO_MAP
 from pera_testing import run_without_package, tiny_config
 
 
-HUB_FILES = ("configuration_pera.py", "modeling_pera.py", "image_processing_pera.py")
+HUB_FILES = ("configuration_pera.py", "modeling_pera.py", "losses_pera.py", "image_processing_pera.py")
 
 
 def save_checkpoint(directory):
@@ -61,6 +61,8 @@ def test_remote_code_loads_offline_without_the_package(tmp_path):
         torch.testing.assert_close(output, reference["expected"], rtol=1e-5, atol=1e-6)
         pretraining = AutoModelForPreTraining.from_pretrained(checkpoint, trust_remote_code=True)
         assert type(pretraining).__name__ == "PeraForPreTraining"
+        views = torch.rand(2, 2, 3, 32, 32)  # the losses come from losses_pera.py, copied beside modeling_pera.py
+        assert torch.isfinite(pretraining(views, views).loss)
         classifier = AutoModelForImageClassification.from_pretrained(checkpoint, trust_remote_code=True)
         assert classifier(pixel_values).logits.shape == (1, 3)
         print("remote code OK")

@@ -299,10 +299,16 @@ def test_pil_modes():
         output = single_band(image)["pixel_values"]
         torch.testing.assert_close(output[0, 0], torch.from_numpy(values.astype(np.float32)), rtol=0, atol=0)
 
+    # A grayscale image is repeated into the 3 bands of an RGB model (the package's one rule, pil_image_to_bands); an
+    # array has no mode to say it is grayscale, so a 1-band array is refused.
+    grey_rgb = rgb_processor(np.stack([grey] * 3), input_data_format="channels_first")["pixel_values"]
+    assert torch.equal(rgb_processor(Image.fromarray(grey))["pixel_values"], grey_rgb)
     with pytest.raises(ValueError, match=r"expects 3 bands \(red, green, blue\) but image 0 has 1 bands"):
-        rgb_processor(Image.fromarray(grey))
-    with pytest.raises(ValueError, match="unsupported PIL mode 'CMYK'"):
-        rgb_processor(Image.new("CMYK", (4, 4)))
+        rgb_processor(grey)
+    # Other colour spaces become RGB.
+    cmyk = Image.fromarray(rgb_array).convert("CMYK")
+    expected_cmyk = rgb_processor(np.asarray(cmyk.convert("RGB")))["pixel_values"]
+    assert torch.equal(rgb_processor(cmyk)["pixel_values"], expected_cmyk)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

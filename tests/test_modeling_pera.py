@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from modeling_pera import PeraConfig, PeraForPreTraining, PeraModel, pera_mask_counts, pera_mask_indices
-from modeling_pera.modeling_pera import patchify
+from modeling_pera.losses_pera import patchify
 from pera_testing import tiny_config as shared_tiny_config
 
 

@@ -5,10 +5,15 @@ import json
 import numpy as np
 import pytest
 import tifffile
+import torch
 from PIL import Image
 
+from modeling_pera import PeraImageProcessor
+from modeling_pera.data import ImageDecoder
+from modeling_pera.evaluation import preprocess_image_file
+from modeling_pera.finetuning import RandomResizedCropTransform
 from modeling_pera.image_processing_pera import SENTINEL2_L1C_BANDS, SENTINEL2_L2A_BANDS
-from modeling_pera.raster import RasterReadError, read_band_folder, read_raster
+from modeling_pera.raster import RasterReadError, find_images, read_band_folder, read_image, read_raster
 
 
 def upsample_2x_bilinear(image: np.ndarray) -> np.ndarray:
@@ -103,11 +108,13 @@ def test_pil_formats(tmp_path):
     rng = np.random.default_rng(0)
     rgba = rng.integers(0, 255, size=(6, 7, 4)).astype(np.uint8)
     Image.fromarray(rgba).save(tmp_path / "rgba.png")
-    np.testing.assert_array_equal(read_raster(tmp_path / "rgba.png"), rgba.transpose(2, 0, 1))
+    np.testing.assert_array_equal(read_raster(tmp_path / "rgba.png"), rgba[..., :3].transpose(2, 0, 1))
+    np.testing.assert_array_equal(read_raster(tmp_path / "rgba.png", num_channels=4), rgba.transpose(2, 0, 1))
 
     grey = rgba[..., 0]
     Image.fromarray(grey).save(tmp_path / "grey.png")
     np.testing.assert_array_equal(read_raster(tmp_path / "grey.png"), grey[np.newaxis])
+    np.testing.assert_array_equal(read_raster(tmp_path / "grey.png", num_channels=3), np.stack([grey] * 3))
 
     sixteen_bit = np.array([[0, 1000], [40000, 65535]], dtype=np.uint16)
     Image.fromarray(sixteen_bit).save(tmp_path / "sixteen_bit.png")
@@ -118,6 +125,37 @@ def test_pil_formats(tmp_path):
     np.testing.assert_array_equal(
         read_raster(tmp_path / "palette.png"), np.asarray(palette.convert("RGB")).transpose(2, 0, 1)
     )
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "L", "P", "1"])
+def test_a_png_becomes_the_same_bands_in_pretraining_evaluation_fine_tuning_and_the_processor(tmp_path, mode):
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, size=(20, 24, 4)).astype(np.uint8)).convert(mode)
+    path = tmp_path / f"{mode}.png"
+    image.save(path)
+    rgb = np.asarray(Image.open(path).convert("RGB")).transpose(2, 0, 1)
+
+    np.testing.assert_array_equal(ImageDecoder(num_channels=3)(path, str(path)).numpy(), rgb)  # pretraining
+    np.testing.assert_array_equal(read_raster(path, num_channels=3), rgb)
+    processor = PeraImageProcessor(size={"height": 16, "width": 16})
+    expected = processor(rgb, input_data_format="channels_first")["pixel_values"][0]
+    torch.testing.assert_close(preprocess_image_file(path, processor), expected)  # evaluation
+    torch.testing.assert_close(processor(Image.open(path))["pixel_values"][0], expected)
+    assert RandomResizedCropTransform(processor, image_size=16)(path).shape == (3, 16, 16)  # fine-tuning
+
+
+def test_find_images_and_read_image_take_files_and_band_folders_alike(tmp_path):
+    write_band_folder(tmp_path / "s2" / "patch", ["B02", "B03", "B04"], [8, 8, 4])
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "tile_01.png")
+    (tmp_path / "tile_02.tif").write_bytes(b"")  # zero bytes: skipped
+    tifffile.imwrite(tmp_path / "scene_001.tif", np.zeros((8, 8), dtype=np.uint16))  # "_001" is no band name
+    tifffile.imwrite(tmp_path / "scene_002.tif", np.zeros((8, 8), dtype=np.uint16))
+    found = find_images(tmp_path)
+    assert found == sorted(
+        [tmp_path / "s2" / "patch", tmp_path / "scene_001.tif", tmp_path / "scene_002.tif", tmp_path / "tile_01.png"]
+    )
+    assert read_image(found[0], band_order=["B04", "B02"]).shape == (2, 8, 8)
+    assert read_image(tmp_path / "tile_01.png").shape == (3, 8, 8)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from PIL import Image, features
 from safetensors.torch import load_file
 
 from modeling_pera import PeraConfig, PeraForPreTraining, PeraImageProcessor
-from modeling_pera.data import find_images
 from modeling_pera.evaluation import load_encoder
 from modeling_pera.pretraining import (
     CheckpointError,
@@ -27,6 +26,7 @@ from modeling_pera.pretraining import (
 )
 from modeling_pera.pretraining.checkpoints import MANIFEST_NAME, TRAINER_STATE_NAME, latest_checkpoint
 from modeling_pera.pretraining.monitoring import DivergenceMonitor
+from modeling_pera.raster import find_images
 from pera_testing import TINY_SETTINGS, tiny_arguments, tiny_config, write_random_tiffs
 
 

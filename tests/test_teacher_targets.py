@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from modeling_pera import PeraForPreTraining
-from modeling_pera.modeling_pera import patchify, sinkhorn_knopp
+from modeling_pera.losses_pera import patchify, sinkhorn_knopp
 from pera_testing import tiny_config
 from test_modeling_pera import crops
 

@@ -15,9 +15,9 @@ from PIL import Image
 from modeling_pera import PeraForPreTraining, PeraImageProcessor, PeraModel
 from modeling_pera.image_processing_pera import SENTINEL2_L2A_BANDS
 from modeling_pera.pretraining import export_pretrained
+from modeling_pera.raster import find_images
 from modeling_pera.visualization import (
     compute_feature_maps,
-    list_image_files,
     nearest_neighbours,
     pca_feature_maps,
     rgb_composite,
@@ -109,7 +109,7 @@ def write_rgb_folder(root, size=40):
         for index in range(3):
             pixels = generator.integers(0, 256, (size, size, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(root / class_name / f"{class_name}{index}.png")
-    return list_image_files(root)
+    return find_images(root)
 
 
 def test_visualize_features_writes_one_png_per_image(tmp_path):

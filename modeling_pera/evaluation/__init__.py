@@ -3,7 +3,7 @@
 segmentation probe on image/mask folders.
 
 Any `AutoModel`-loadable vision encoder can be evaluated (PerA, ViT, ViT-MAE, DINOv2, ...): images are read with
-[`~modeling_pera.raster.read_raster`] (any band count, any pixel type), preprocessed by the model's image processor,
+[`~modeling_pera.raster.read_image`] (any band count, any pixel type), preprocessed by the model's image processor,
 encoded once, and the pooled features are classified by a weighted k-nearest-neighbour vote and, optionally, by a
 logistic regression; the patch features are segmented by a 1x1 convolution scored by mIoU. This subpackage is part of
 the installed package, not of the Hub code files: `datasets` (labelled folders, splits), `features` (reading and

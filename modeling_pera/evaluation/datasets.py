@@ -10,8 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data import IMAGE_EXTENSIONS
-from ..raster import read_raster
+from ..raster import IMAGE_EXTENSIONS, is_image_file_name, read_raster
 
 
 # The classes of the GID-MTL5 (PSC5) masks, by pixel value; 0 marks pixels without a label.
@@ -37,17 +36,13 @@ class ImageFolder:
     class_names: list[str]
 
     @classmethod
-    def from_directory(cls, root: str | os.PathLike, suffixes: Sequence[str] = IMAGE_EXTENSIONS) -> "ImageFolder":
+    def from_directory(cls, root: str | os.PathLike) -> "ImageFolder":
         """
         Lists the images of `root`, one sub-folder per class.
 
         Args:
             root (`str` or `os.PathLike`):
                 The folder holding one sub-folder per class.
-            suffixes (`Sequence[str]`, *optional*, defaults to `IMAGE_EXTENSIONS`):
-                File name endings of the images to keep (case-insensitive); other files are ignored, as are hidden
-                files and folders.
-
         Returns:
             [`ImageFolder`]: the listing.
 
@@ -57,21 +52,18 @@ class ImageFolder:
         root = Path(root)
         if not root.is_dir():
             raise ValueError(f"{root} is not a folder; expected <root>/<class name>/<image> files.")
-        suffixes = tuple(suffix.lower() for suffix in suffixes)
         paths, labels, class_names = [], [], []
         class_folders = sorted(entry for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith("."))
         for class_folder in class_folders:
             images = sorted(
-                file
-                for file in class_folder.iterdir()
-                if file.is_file() and not file.name.startswith(".") and file.name.lower().endswith(suffixes)
+                file for file in class_folder.iterdir() if file.is_file() and is_image_file_name(file.name)
             )
             if images:
                 paths.extend(images)
                 labels.extend([len(class_names)] * len(images))
                 class_names.append(class_folder.name)
         if not paths:
-            raise ValueError(f"No images ({', '.join(suffixes)}) in class folders under {root}.")
+            raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) in class folders under {root}.")
         return cls(paths=paths, labels=labels, class_names=class_names)
 
     def __len__(self) -> int:
@@ -197,15 +189,15 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     """
     Reads a label mask: one band of integer class ids.
 
-    Palette PNGs give their palette indices (the class ids), not the colours; other files are read with
-    [`~modeling_pera.raster.read_raster`] and must have one band.
+    Palette PNGs give their palette indices (the class ids), not the colours, and bilevel ones 0/1; other files are
+    read with [`~modeling_pera.raster.read_raster`] and must have one band.
 
     Returns:
         `np.ndarray`: `(height, width)`, in the file's integer dtype.
     """
     with Image.open(path) as image:
-        if image.mode == "P":
-            return np.asarray(image)
+        if image.mode in ("P", "1"):  # class ids, not colours; bilevel masks give 0/1
+            return np.asarray(image, dtype=np.uint8 if image.mode == "1" else None)
     pixels = read_raster(path)
     if pixels.shape[0] != 1 or not np.issubdtype(pixels.dtype, np.integer):
         raise ValueError(

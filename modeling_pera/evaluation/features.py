@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
-from ..raster import band_count_advice, read_raster, select_bands
+from ..raster import read_encoder_input
 
 
 POOLINGS = ("cls", "mean", "cls+mean")
@@ -53,11 +53,11 @@ def preprocess_image_file(
     path: str | os.PathLike, processor: Any, bands: Sequence[int] | None = None, **processor_kwargs
 ) -> torch.Tensor:
     """
-    Reads an image file with [`~modeling_pera.raster.read_raster`] and preprocesses it.
+    Reads an image file or band folder with [`~modeling_pera.raster.read_image`] and preprocesses it.
 
     Args:
         path (`str` or `os.PathLike`):
-            A JPEG, PNG or (Geo)TIFF file with any number of bands.
+            A JPEG, PNG or (Geo)TIFF file with any number of bands, or a band folder.
         processor:
             An image processor accepting channels-first arrays, e.g. [`PeraImageProcessor`] or any transformers
             image processor (those take 1 or 3 bands).
@@ -70,14 +70,7 @@ def preprocess_image_file(
     Returns:
         `torch.Tensor`: the pixel values, `(bands, height, width)`.
     """
-    # Stock processors wrap the array with torch.from_numpy, which warns on the read-only arrays PIL gives.
-    pixels = np.require(select_bands(read_raster(path), bands, str(path)), requirements=("C_CONTIGUOUS", "WRITEABLE"))
-    expected = getattr(processor, "num_channels", None)
-    if expected is not None and pixels.shape[0] != expected:
-        raise ValueError(
-            f"{path} has {pixels.shape[0]} bands{' after --bands' if bands else ''} but the encoder takes {expected}: "
-            f"{band_count_advice(pixels.shape[0], expected, pretraining=False)}."
-        )
+    pixels = read_encoder_input(path, getattr(processor, "num_channels", None), bands)
     inputs = processor(pixels, return_tensors="pt", input_data_format="channels_first", **processor_kwargs)
     return inputs["pixel_values"][0]
 
@@ -260,7 +253,7 @@ def extract_features(
     """
     Encodes image files with a frozen vision encoder.
 
-    Images are read with [`~modeling_pera.raster.read_raster`], preprocessed one by one by `processor` (in
+    Images are read with [`~modeling_pera.raster.read_image`], preprocessed one by one by `processor` (in
     `num_workers` worker processes), and encoded in batches under `torch.inference_mode()`, with bf16 autocast on CUDA.
     The model is put in eval mode for the call. Encoders that mask patches at random (ViT-MAE) are run with
     `config.mask_ratio = 0` (restored afterwards) and `noise` set so that every patch is encoded, in raster order.

@@ -8,16 +8,18 @@ from .checkpoints import (
     export_encoder,
     export_pretrained,
     latest_checkpoint,
+    save_model_folder,
     snapshot_directory,
 )
 from .loop import apply_schedule, pretrain, push_encoder
-from .monitoring import TrainingDivergedError
+from .monitoring import DivergenceMonitor, TrainingDivergedError
 
 
 __all__ = [
     "RECIPES",
     "CheckpointError",
     "CheckpointWriteError",
+    "DivergenceMonitor",
     "PretrainingArguments",
     "TrainingDivergedError",
     "apply_schedule",
@@ -30,6 +32,7 @@ __all__ = [
     "parse_config_overrides",
     "pretrain",
     "push_encoder",
+    "save_model_folder",
     "snapshot_directory",
     "student_parameter_groups",
 ]

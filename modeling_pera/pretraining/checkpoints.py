@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from transformers import PreTrainedModel
+from transformers.image_processing_utils import ImageProcessingMixin
 from transformers.utils import logging as transformers_logging
 
 from ..image_processing_pera import PeraImageProcessor
@@ -328,13 +330,19 @@ def snapshot_directory(output_dir: str | os.PathLike, step: int) -> Path:
     return Path(output_dir) / SNAPSHOTS_DIRNAME / f"step_{step}"
 
 
-def export_encoder(model: PeraForPreTraining, processor: PeraImageProcessor, target: str | os.PathLike) -> None:
-    """Writes the teacher as a stand-alone `PeraModel` with the image processor and the Hub code files to `target`."""
+def save_model_folder(model: PreTrainedModel, processor: ImageProcessingMixin, target: str | os.PathLike) -> None:
+    """Writes `model` with `processor` (and, for PerA, the Hub code files) to `target` through a staging folder, so
+    that `target` holds either the previous folder or the complete new one."""
     target = Path(target)
     with staging_folder(target) as staging:
-        model.teacher.save_pretrained(staging)
+        model.save_pretrained(staging)
         processor.save_pretrained(staging)
     replace_directory(staging, target)
+
+
+def export_encoder(model: PeraForPreTraining, processor: PeraImageProcessor, target: str | os.PathLike) -> None:
+    """Writes the teacher as a stand-alone `PeraModel` with the image processor and the Hub code files to `target`."""
+    save_model_folder(model.teacher, processor, target)
 
 
 def export_pretrained(model: PeraForPreTraining, processor: PeraImageProcessor, output_dir: str | os.PathLike) -> None:

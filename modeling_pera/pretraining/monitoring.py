@@ -28,20 +28,48 @@ class DivergenceMonitor:
     Records on the device, at every micro-batch, whether every loss so far was finite and the loss terms of the first
     one that was not. [`check`] reads that with one host sync (and one all-gather across processes), and is
     called before every save and at every logging step, so no non-finite weight reaches a checkpoint or an export.
+
+    Args:
+        accelerator (`Accelerator`, *optional*):
+            The run's accelerator, whose processes agree in [`check`]; without one (the MAE baseline), a single
+            process on `device`.
+        completed_steps (`int`):
+            Optimizer steps done before this run (a resumed run's start), to name the first non-finite step.
+        checkpoints_dir (`str`):
+            Where the intact checkpoints are, for the message.
+        accumulation (`int`, *optional*, defaults to 1):
+            Micro-batches per optimizer step.
+        loss_terms (`tuple[str, ...]`, *optional*, defaults to `LOSS_TERMS`):
+            The outputs [`record`] reads (PerA's loss and its three terms).
+        resumable (`bool`, *optional*, defaults to `True`):
+            Whether the message tells to resume with `--resume_from_checkpoint latest`.
+        device (`torch.device`, *optional*):
+            The device of the recorded losses, without an accelerator.
     """
 
-    def __init__(self, accelerator: Accelerator, completed_steps: int, checkpoints_dir: str, accumulation: int = 1):
+    def __init__(
+        self,
+        accelerator: Accelerator | None,
+        completed_steps: int,
+        checkpoints_dir: str,
+        accumulation: int = 1,
+        loss_terms: tuple[str, ...] = LOSS_TERMS,
+        resumable: bool = True,
+        device: torch.device | None = None,
+    ):
         self.accelerator = accelerator
         self.start_step = completed_steps
         self.accumulation = accumulation
         self.checkpoints_dir = checkpoints_dir
-        device = accelerator.device
+        self.loss_terms = loss_terms
+        self.resumable = resumable
+        device = accelerator.device if accelerator is not None else device
         self.all_finite = torch.ones((), dtype=torch.bool, device=device)
         self.finite_micro_batches = torch.zeros((), dtype=torch.long, device=device)
-        self.first_bad_terms = torch.zeros(len(LOSS_TERMS), device=device)
+        self.first_bad_terms = torch.zeros(len(loss_terms), device=device)
 
     def record(self, outputs) -> None:
-        terms = torch.stack([outputs[name].detach().float() for name in LOSS_TERMS])
+        terms = torch.stack([outputs[name].detach().float() for name in self.loss_terms])
         finite = torch.isfinite(terms).all()
         self.first_bad_terms = torch.where(self.all_finite & ~finite, terms, self.first_bad_terms)
         self.all_finite &= finite
@@ -49,22 +77,25 @@ class DivergenceMonitor:
 
     def check(self, model: torch.nn.Module | None = None) -> None:
         """Raises [`TrainingDivergedError`] if a loss so far (on any process) or a tensor of `model` is not finite."""
-        all_finite = self.accelerator.gather(self.all_finite.reshape(1).long()).all()  # gloo gathers no bools
-        if not all_finite:
-            finite_micro_batches = int(self.accelerator.gather(self.finite_micro_batches.reshape(1)).min())
+        if not self._gather(self.all_finite.reshape(1).long()).all():  # gloo gathers no bools
+            finite_micro_batches = int(self._gather(self.finite_micro_batches.reshape(1)).min())
             step = self.start_step + finite_micro_batches // self.accumulation + 1
-            terms = dict(zip(LOSS_TERMS, self.first_bad_terms.tolist()))
+            terms = dict(zip(self.loss_terms, self.first_bad_terms.tolist()))
             self._fail(f"the loss became non-finite at step {step} ({terms})")
         broken = non_finite_tensors(model) if model is not None else []
         if broken:
             shown = ", ".join(broken[:5]) + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
             self._fail(f"the weights became non-finite ({shown}) although every loss so far was finite")
 
+    def _gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.gather(tensor) if self.accelerator is not None else tensor
+
     def _fail(self, what: str) -> None:
+        resume = ", and resume with --resume_from_checkpoint latest" if self.resumable else ""
         raise TrainingDivergedError(
             f"Training stopped: {what}. Nothing from that step on was saved; the checkpoints in "
             f"{self.checkpoints_dir} hold finite weights. Lower --learning_rate or --max_grad_norm, check the inputs "
-            "for NaN/inf, and resume with --resume_from_checkpoint latest."
+            f"for NaN/inf{resume}."
         )
 
 
