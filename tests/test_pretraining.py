@@ -153,8 +153,10 @@ def test_resume_reaches_the_same_weights_and_losses(tmp_path):
 def test_recipes_fill_only_what_the_user_left_unset():
     reference = PretrainingArguments(output_dir="out")
     assert (reference.learning_rate, reference.momentum_start, reference.model_config_overrides()) == (1e-3, 0.992, {})
+    assert (reference.teacher_temperature_start, reference.teacher_temperature_end) == (0.03, 0.05)
     short = PretrainingArguments(output_dir="out", recipe="short-budget")
     assert (short.learning_rate, short.momentum_start) == (2e-4, 0.95)
+    assert (short.teacher_temperature_start, short.teacher_temperature_end) == (0.04, 0.07)
     assert short.model_config_overrides() == {
         "num_prototypes": 1024,
         "drop_path_rate": 0.1,
