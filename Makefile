@@ -20,7 +20,7 @@ test: $(VENV)/.installed
 
 # The main job: pretrain a small PerA (ViT-Tiny/8 with 4 blocks: 1.6x the steps of 6 in the same time, the fourth and
 # fifth sweeps of docs/benchmarks.md) on UC Merced (+ the GID-MTL images when present) on the CPU with the
-# short-budget recipe (about 5 minutes of training on 2 idle cores), then UC Merced 20-NN and linear probe of its
+# short-budget recipe (about 6 minutes of training on 2 idle cores), then UC Merced 20-NN and linear probe of its
 # encoder next to a random-init encoder of the same architecture (about 1 minute each). SEED=1 for another seed.
 DATA_DIR ?= ../shared/data
 PRETRAIN_DIR ?= outputs/pera-ucmerced
