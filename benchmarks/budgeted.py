@@ -149,36 +149,30 @@ def evaluate(
 ) -> dict:
     """UC Merced 20-NN (CLS, stratified 50/50 split); for `final` encoders also the linear probe and, with
     `segmentation`, the GID-MTL5 segmentation probe. Accuracies and mIoU as fractions."""
-    from modeling_pera.evaluation import evaluate_encoder, evaluate_segmentation
+    from modeling_pera.evaluation import EvaluationArguments, evaluate_encoder, evaluate_segmentation
 
-    classification = evaluate_encoder(
-        str(encoder_dir),
-        data_dir / "ucmerced",
+    segmentation_dir = data_dir / "gid_mtl" / "GID-MTL5"
+    arguments = EvaluationArguments(
+        model_name_or_path=str(encoder_dir),
+        data_dir=str(data_dir / "ucmerced"),
+        segmentation_dir=str(segmentation_dir),
         k=20,
         train_fraction=0.5,
         seed=0,
         image_size=setting["image_size"],
         pooling="cls",
-        run_linear_probe=final,
+        linear_probe=final,
         random_init=random_init,
         device=setting["device"],
         num_workers=setting["num_workers"],
         progress_bar=False,
     )
+    classification = evaluate_encoder(arguments)
     result = {"knn_top1": classification["knn"]["top1_accuracy"]}
     if final:
         result["linear_probe_top1"] = classification["linear_probe"]["top1_accuracy"]
-    segmentation_dir = data_dir / "gid_mtl" / "GID-MTL5"
     if final and segmentation and segmentation_dir.is_dir():
-        result["segmentation_miou"] = evaluate_segmentation(
-            str(encoder_dir),
-            segmentation_dir,
-            image_size=setting["image_size"],
-            random_init=random_init,
-            device=setting["device"],
-            seed=0,
-            progress_bar=False,
-        )["mean_iou"]
+        result["segmentation_miou"] = evaluate_segmentation(arguments)["mean_iou"]
     return result
 
 

@@ -87,6 +87,22 @@ def mae_parameter_groups(model: ViTMAEForPreTraining) -> list[dict]:
     return [{"params": decayed, "weight_decay": 0.05}, {"params": not_decayed, "weight_decay": 0.0}]
 
 
+def _mae_data(
+    pera_config: PeraConfig,
+    processor: PeraImageProcessor,
+    train_dir: list[str],
+    batch_size: int,
+    num_workers: int,
+    seed: int,
+) -> tuple[AlignedPairViews, torch.utils.data.DataLoader]:
+    """The data pipeline PerA's loop uses, for one global crop per image: the workers cut the crops, the photometry
+    runs batched on the device (`views.finish_batch`)."""
+    view_config = PeraConfig(**{**pera_config.to_dict(), "num_global_crops": 1, "num_local_crops": 0})
+    views = AlignedPairViews(view_config, processor, defer_photometry=True)
+    dataset = make_pretraining_dataset(load_pretraining_dataset(train_dir=train_dir), views, seed=seed)
+    return views, make_pretraining_dataloader(dataset, batch_size=batch_size, num_workers=num_workers, seed=seed)
+
+
 def pretrain_mae(
     model: ViTMAEForPreTraining,
     pera_config: PeraConfig,
@@ -105,25 +121,16 @@ def pretrain_mae(
 ) -> dict:
     """
     Pretrains `model` with MAE's recipe (AdamW betas 0.9/0.95, weight decay 0.05, lr warm-up then cosine, bf16
-    autocast on CUDA) on PerA's data pipeline: one global crop per image from the same images, crop sizes and scale
-    range as PerA's, in its lightly jittered teacher view. The model is saved, with `processor`, to
-    `output_dir/snapshots/step_N` at each of `snapshot_steps` and to `output_dir/encoder` at the end, each through a
-    staging folder and only with finite weights: a non-finite loss or weight stops the run with
-    [`~pretraining.TrainingDivergedError`] before the next log or save.
-
-    Returns:
-        `dict`: `completed_steps`, `train_seconds` (training time, snapshots excluded), `loss_history` (every
-        `logging_steps` steps) and `images_per_second` (of the last logging interval).
+    autocast on CUDA) on PerA's data pipeline: one global crop per image, PerA's crop sizes and scales, its lightly
+    jittered teacher view. Saves the model and `processor` to `output_dir/snapshots/step_N` at `snapshot_steps` and to
+    `output_dir/encoder` at the end, staged and only with finite weights (else [`~pretraining.TrainingDivergedError`]).
+    Returns `completed_steps`, `train_seconds` (snapshots excluded), `loss_history` (every `logging_steps` steps) and
+    `images_per_second` (of the last logging interval).
     """
     output_dir = Path(output_dir)
     device = torch.device(device)
     torch.manual_seed(seed)
-    view_config = PeraConfig(**{**pera_config.to_dict(), "num_global_crops": 1, "num_local_crops": 0})
-    source = load_pretraining_dataset(train_dir=train_dir)
-    # the data pipeline PerA's loop uses: workers cut the crops, the photometry runs batched on the device
-    views = AlignedPairViews(view_config, processor, defer_photometry=True)
-    dataset = make_pretraining_dataset(source, views, seed=seed)
-    dataloader = make_pretraining_dataloader(dataset, batch_size=batch_size, num_workers=num_workers, seed=seed)
+    views, dataloader = _mae_data(pera_config, processor, train_dir, batch_size, num_workers, seed)
     model.to(device).train()
     optimizer = torch.optim.AdamW(
         mae_parameter_groups(model), lr=learning_rate, betas=(0.9, 0.95), fused=device.type == "cuda"

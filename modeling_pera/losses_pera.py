@@ -116,8 +116,10 @@ def sinkhorn_knopp(scaled_logits: torch.Tensor, iterations: int) -> torch.Tensor
 def koleo_loss(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """
     KoLeo regulariser `-mean(log(distance to nearest neighbour))` of L2-normalised `features` `(groups, batch, dim)`,
-    computed within each group and summed over groups.
+    computed within each group and summed over groups; 0 for a batch of one (no neighbour to keep away from).
     """
+    if features.shape[1] < 2:
+        return features.float().sum() * 0.0
     features = F.normalize(features.float(), dim=-1, eps=eps)
     with torch.no_grad():
         similarities = features @ features.transpose(1, 2)

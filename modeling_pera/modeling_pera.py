@@ -604,6 +604,30 @@ class PeraForPreTraining(PeraPreTrainedModel):
                 "(num_local_crops, batch_size, channels, height, width) and the batch size of the global crops."
             )
 
+    def _crops_with_masks(
+        self,
+        student_global_pixel_values: torch.Tensor,
+        teacher_global_pixel_values: torch.Tensor,
+        student_local_pixel_values: torch.Tensor | None,
+        teacher_local_pixel_values: torch.Tensor | None,
+        global_noise: torch.Tensor | None,
+        local_noise: torch.Tensor | None,
+    ) -> tuple[list[tuple[torch.Tensor, ...]], torch.Tensor]:
+        """`(student view, teacher view, S, T)` of the global crops and, when given, of the local ones (whose R is
+        dropped), and R of the global crops."""
+        global_student_index, global_predicted_index, global_teacher_index = self._draw_masks(
+            global_noise, student_global_pixel_values
+        )
+        crops = [
+            (student_global_pixel_values, teacher_global_pixel_values, global_student_index, global_teacher_index)
+        ]
+        if student_local_pixel_values is not None:
+            local_student_index, _, local_teacher_index = self._draw_masks(local_noise, student_local_pixel_values)
+            crops.append(
+                (student_local_pixel_values, teacher_local_pixel_values, local_student_index, local_teacher_index)
+            )
+        return crops, global_predicted_index
+
     @torch.no_grad()
     def _teacher_targets(
         self, crops: list[tuple[torch.Tensor, ...]], teacher_temperature: float | torch.Tensor
@@ -623,6 +647,39 @@ class PeraForPreTraining(PeraPreTrainedModel):
             self.config.sinkhorn_iterations,
         )
         return teacher_logits, teacher_probs, teacher_entropy
+
+    def _student_outputs(
+        self, crops: list[tuple[torch.Tensor, ...]], global_predicted_index: torch.Tensor
+    ) -> tuple[BaseModelOutputWithPooling, torch.Tensor]:
+        """The student's output on the global crops and its DINO logits for every crop: CLS + S, and for global crops
+        the mask tokens of R joining before `mask_token_layer` (they come last in the output sequence)."""
+        (global_view, _, global_student_index, _), *local_crops = crops
+        global_output = self.student(
+            global_view.flatten(0, 1),
+            visible_patch_index=global_student_index.flatten(0, 1),
+            masked_patch_index=global_predicted_index.flatten(0, 1),
+        )
+        student_cls = [global_output.pooler_output]
+        for local_view, _, local_student_index, _ in local_crops:
+            local_output = self.student(
+                local_view.flatten(0, 1), visible_patch_index=local_student_index.flatten(0, 1)
+            )
+            student_cls.append(local_output.pooler_output)
+        return global_output, self.student_dino_head(torch.cat(student_cls))
+
+    def _pixel_predictions(
+        self, hidden_states: torch.Tensor, student_views: torch.Tensor, predicted_index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pixel head's predictions for the R patches of the global crops (the last tokens of `hidden_states`) and
+        their loss against the student's views."""
+        num_predicted = predicted_index.shape[-1]
+        predicted_pixels = self.pixel_head(hidden_states[:, hidden_states.shape[1] - num_predicted :])
+        if num_predicted == 0:  # the full-view baseline predicts nothing
+            return predicted_pixels, predicted_pixels.sum() * 0.0
+        target_pixels = gather_tokens(
+            patchify(student_views.flatten(0, 1), self.config.patch_size), predicted_index.flatten(0, 1)
+        )
+        return predicted_pixels, pixel_loss(predicted_pixels, target_pixels, self.config.normalize_pixel_targets)
 
     @can_return_tuple
     def forward(
@@ -663,60 +720,31 @@ class PeraForPreTraining(PeraPreTrainedModel):
             student_local_pixel_values,
             teacher_local_pixel_values,
         )
-        has_local_crops = student_local_pixel_values is not None
-        if teacher_temperature is None:
-            teacher_temperature = self.config.teacher_temperature
+        teacher_temperature = self.config.teacher_temperature if teacher_temperature is None else teacher_temperature
         num_global_crops, batch_size = student_global_pixel_values.shape[:2]
 
-        global_student_index, global_predicted_index, global_teacher_index = self._draw_masks(
-            global_noise, student_global_pixel_values
+        crops, global_predicted_index = self._crops_with_masks(
+            student_global_pixel_values,
+            teacher_global_pixel_values,
+            student_local_pixel_values,
+            teacher_local_pixel_values,
+            global_noise,
+            local_noise,
         )
-        crops = [
-            (student_global_pixel_values, teacher_global_pixel_values, global_student_index, global_teacher_index)
-        ]
-        if has_local_crops:
-            local_student_index, _, local_teacher_index = self._draw_masks(local_noise, student_local_pixel_values)
-            crops.append(
-                (student_local_pixel_values, teacher_local_pixel_values, local_student_index, local_teacher_index)
-            )
-
+        _, _, global_student_index, global_teacher_index = crops[0]
         teacher_logits, teacher_probs, teacher_entropy = self._teacher_targets(crops, teacher_temperature)
 
-        # Student: CLS + S, and for global crops the mask tokens of R joining before `mask_token_layer`; they come
-        # last in the output sequence.
-        global_output = self.student(
-            student_global_pixel_values.flatten(0, 1),
-            visible_patch_index=global_student_index.flatten(0, 1),
-            masked_patch_index=global_predicted_index.flatten(0, 1),
-        )
-        student_cls = [global_output.pooler_output]
-        if has_local_crops:
-            local_output = self.student(
-                student_local_pixel_values.flatten(0, 1), visible_patch_index=local_student_index.flatten(0, 1)
-            )
-            student_cls.append(local_output.pooler_output)
-        student_logits = self.student_dino_head(torch.cat(student_cls))
+        global_output, student_logits = self._student_outputs(crops, global_predicted_index)
 
         # Rows of student and teacher logits are the same (crop, image) pairs: the loss only compares aligned pairs.
         dino_loss = soft_target_cross_entropy(student_logits, teacher_probs, self.config.student_temperature)
 
         global_logits = student_logits[: num_global_crops * batch_size]
         koleo = koleo_loss(global_logits.view(num_global_crops, batch_size, -1))
-        if batch_size < 2:  # no nearest neighbour to keep away from
-            koleo = koleo * 0.0
 
-        num_predicted = global_predicted_index.shape[-1]
-        sequence_length = global_output.last_hidden_state.shape[1]
-        predicted_pixels = self.pixel_head(global_output.last_hidden_state[:, sequence_length - num_predicted :])
-        if num_predicted > 0:
-            target_pixels = gather_tokens(
-                patchify(student_global_pixel_values.flatten(0, 1), self.config.patch_size),
-                global_predicted_index.flatten(0, 1),
-            )
-            pixel = pixel_loss(predicted_pixels, target_pixels, self.config.normalize_pixel_targets)
-        else:  # the full-view baseline predicts nothing
-            pixel = predicted_pixels.sum() * 0.0
-
+        predicted_pixels, pixel = self._pixel_predictions(
+            global_output.last_hidden_state, student_global_pixel_values, global_predicted_index
+        )
         center_norm = torch.linalg.vector_norm(self.center)
         loss = (
             self.config.dino_loss_weight * dino_loss
@@ -733,9 +761,7 @@ class PeraForPreTraining(PeraPreTrainedModel):
             pixel_loss=pixel,
             teacher_entropy=teacher_entropy,
             center_norm=center_norm,
-            predicted_pixels=predicted_pixels.view(
-                num_global_crops, batch_size, num_predicted, predicted_pixels.shape[-1]
-            ),
+            predicted_pixels=predicted_pixels.view(*global_predicted_index.shape, predicted_pixels.shape[-1]),
             student_patch_index=global_student_index,
             predicted_patch_index=global_predicted_index,
             teacher_patch_index=global_teacher_index,

@@ -7,7 +7,8 @@ warm-ups are fractions of the whole run: the reference's 20 (lr) and 30 (teacher
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 
@@ -72,6 +73,13 @@ class PretrainingSchedule:
         for name in ("warmup_fraction", "teacher_temperature_warmup_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}.")
+
+    @classmethod
+    def from_arguments(cls, arguments: Any, total_steps: int) -> "PretrainingSchedule":
+        """The schedule of a run of `total_steps` with the same-named settings of `arguments` (a
+        `PretrainingArguments`, its recipe applied)."""
+        names = [field.name for field in fields(cls) if field.name != "total_steps" and hasattr(arguments, field.name)]
+        return cls(total_steps=total_steps, **{name: getattr(arguments, name) for name in names})
 
     def at(self, step: int) -> ScheduleValues:
         """The values for optimizer step `step` (0-based: the number of steps already completed)."""

@@ -267,6 +267,38 @@ def plot_feature_figure(
     return figure
 
 
+def _retrieval_strips(
+    model: nn.Module,
+    processor: Any,
+    image_paths: list[Path],
+    gallery_paths: list[Path],
+    num_neighbours: int,
+    batch_size: int,
+    processor_kwargs: dict,
+    band_names: Sequence[str] | None,
+) -> list[list[tuple[np.ndarray, str]]]:
+    """For each image, its `num_neighbours` nearest gallery images (CLS cosine similarity, never itself) as (RGB
+    composite, caption) pairs."""
+    features = extract_features(
+        model, processor, image_paths + gallery_paths, batch_size=batch_size, processor_kwargs=processor_kwargs,
+        progress_bar=False,
+    )  # fmt: skip
+    gallery_index = {path.resolve(): index for index, path in enumerate(gallery_paths)}
+    indices, similarities = nearest_neighbours(
+        features[: len(image_paths)],
+        features[len(image_paths) :],
+        num_neighbours,
+        excluded=[gallery_index.get(path.resolve()) for path in image_paths],
+    )
+    strips = [[] for _ in image_paths]
+    for query, (row, scores) in enumerate(zip(indices.tolist(), similarities.tolist())):
+        for index, score in zip(row, scores):
+            neighbour = gallery_paths[index]
+            caption = f"{neighbour.parent.name}/{neighbour.stem}\ncosine {score:.3f}"
+            strips[query].append((rgb_composite(read_image(neighbour), band_names), caption))
+    return strips
+
+
 def visualize_features(
     model: nn.Module,
     processor: Any,
@@ -319,23 +351,10 @@ def visualize_features(
 
     neighbours_of = [[] for _ in image_paths]
     if gallery_paths:
-        gallery_paths = [Path(path) for path in gallery_paths]
-        features = extract_features(
-            model, processor, image_paths + gallery_paths, batch_size=batch_size, processor_kwargs=processor_kwargs,
-            progress_bar=False,
+        neighbours_of = _retrieval_strips(
+            model, processor, image_paths, [Path(path) for path in gallery_paths], num_neighbours, batch_size,
+            processor_kwargs, band_names,
         )  # fmt: skip
-        gallery_index = {path.resolve(): index for index, path in enumerate(gallery_paths)}
-        indices, similarities = nearest_neighbours(
-            features[: len(image_paths)],
-            features[len(image_paths) :],
-            num_neighbours,
-            excluded=[gallery_index.get(path.resolve()) for path in image_paths],
-        )
-        for query, (row, scores) in enumerate(zip(indices.tolist(), similarities.tolist())):
-            for index, score in zip(row, scores):
-                neighbour = gallery_paths[index]
-                caption = f"{neighbour.parent.name}/{neighbour.stem}\ncosine {score:.3f}"
-                neighbours_of[query].append((rgb_composite(read_image(neighbour), band_names), caption))
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

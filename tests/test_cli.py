@@ -21,6 +21,7 @@ from PIL import Image
 
 import modeling_pera.hub
 from modeling_pera.cli import DEBUG_VARIABLE, TrainingStopped, is_user_error, run_cli
+from modeling_pera.evaluation import evaluate_encoder
 from modeling_pera.hub import HubAccessError, check_hub_access
 from modeling_pera.pretraining import loop, parse_config_overrides, pretrain
 from modeling_pera.pretraining.loop import StopSignals
@@ -396,8 +397,8 @@ def test_bands_evaluate_an_rgb_encoder_on_rgbn_tiles(rgbn_tiles, images, tmp_pat
         (classes / f"class_{index % 2}" / tile.name).write_bytes(tile.read_bytes())
     flags = ["--model_name_or_path", str(run / "encoder"), "--data_dir", str(classes), "--k", "2", "--batch_size", "4"]
     with pytest.raises(ValueError, match="has 4 bands but the encoder takes 3: .*--bands 0 1 2"):
-        run_eval.classify(run_eval.parse_args(flags))
-    results = run_eval.classify(run_eval.parse_args([*flags, "--bands", "0", "1", "2"]))
+        evaluate_encoder(run_eval.parse_args(flags))
+    results = evaluate_encoder(run_eval.parse_args([*flags, "--bands", "0", "1", "2"]))
     assert results["input_size"] == [3, 32, 32]
 
 

@@ -22,6 +22,7 @@ from transformers import (
 
 from modeling_pera import PeraImageProcessor, PeraModel
 from modeling_pera.evaluation import (
+    EvaluationArguments,
     ImageFolder,
     classification_report,
     evaluate_encoder,
@@ -334,7 +335,10 @@ def test_vit_mae_is_evaluated_without_masking(synthetic_folder, tmp_path):
     # Through the Auto classes and at another input size, which ViT-MAE only accepts when interpolating.
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
-    results = evaluate_encoder(tmp_path, synthetic_folder, k=3, image_size=48, progress_bar=False, device="cpu")
+    arguments = EvaluationArguments(
+        str(tmp_path), str(synthetic_folder), k=3, image_size=48, progress_bar=False, device="cpu"
+    )
+    results = evaluate_encoder(arguments)
     assert results["input_size"] == [3, 48, 48] and results["feature_dim"] == 32
 
 
@@ -360,9 +364,10 @@ def test_stock_encoder_features_are_the_cls_token_and_the_patch_mean(num_registe
 
 
 def test_evaluate_encoder_end_to_end(tiny_pera, synthetic_folder):
-    results = evaluate_encoder(
-        tiny_pera, synthetic_folder, k=3, train_per_class=2, run_linear_probe=True, progress_bar=False, device="cpu"
+    arguments = EvaluationArguments(
+        str(tiny_pera), str(synthetic_folder), k=3, train_per_class=2, linear_probe=True, progress_bar=False
     )
+    results = evaluate_encoder(arguments)
     assert (results["num_images"], results["num_classes"], results["num_train"], results["num_test"]) == (12, 3, 6, 6)
     assert results["input_size"] == [3, 32, 32] and results["feature_dim"] == 32
     for method in ("knn", "linear_probe"):

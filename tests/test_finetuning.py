@@ -11,11 +11,19 @@ import pytest
 import tifffile
 import torch
 from PIL import Image
-from transformers import TrainingArguments
+from transformers import HfArgumentParser, TrainingArguments
 
 from modeling_pera import PeraForImageClassification, PeraForPreTraining, PeraImageProcessor
-from modeling_pera.finetuning import LayerDecayTrainer, RandomResizedCropTransform, parameter_depth
-from pera_testing import run_without_package, tiny_config
+from modeling_pera.evaluation import EvaluationArguments, evaluate_encoder
+from modeling_pera.finetuning import (
+    ClassificationArguments,
+    LayerDecayTrainer,
+    RandomResizedCropTransform,
+    finetune_classification,
+    parameter_depth,
+)
+from modeling_pera.pretraining import pretrain
+from pera_testing import run_without_package, tiny_arguments, tiny_config
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -212,3 +220,21 @@ def test_pipelines_load_our_checkpoints_offline_without_the_package(finetuned, c
     """
     result = run_without_package(script, finetuned, checkpoints["encoder"], tmp_path, workdir=tmp_path)
     assert "pipelines OK" in result.stdout
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L"])
+def test_a_folder_of_rgba_or_grey_pngs_pretrains_evaluates_and_fine_tunes(tmp_path, mode):
+    data_dir = write_class_folders(tmp_path / "data", per_class=4)
+    for path in data_dir.rglob("*.png"):
+        Image.open(path).convert(mode).save(path)
+    pretrain(tiny_arguments(data_dir, tmp_path / "pera", max_train_steps=2))
+    encoder = tmp_path / "pera" / "encoder"
+    arguments = EvaluationArguments(str(encoder), str(data_dir), k=2, train_per_class=2, progress_bar=False)
+    results = evaluate_encoder(arguments)
+    assert results["num_test"] == 6 and results["input_size"][0] == 3
+    arguments = ["--model_name_or_path", str(encoder), "--train_dir", str(data_dir), "--output_dir"]
+    arguments += [str(tmp_path / "classifier"), "--num_train_epochs", "1", "--per_device_train_batch_size", "4"]
+    arguments += ["--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none", "--use_cpu"]
+    parser = HfArgumentParser((ClassificationArguments, TrainingArguments))
+    finetune_classification(*parser.parse_args_into_dataclasses(args=arguments))
+    assert (tmp_path / "classifier" / "all_results.json").is_file()

@@ -16,6 +16,7 @@ from transformers import AutoBackbone, UperNetConfig, UperNetForSemanticSegmenta
 from modeling_pera import PeraBackbone, PeraForPreTraining, PeraImageProcessor, PeraModel
 from modeling_pera.evaluation import (
     GID_MTL5_CLASS_NAMES,
+    EvaluationArguments,
     SegmentationFolder,
     evaluate_segmentation,
     extract_features,
@@ -217,9 +218,14 @@ def test_extract_patch_features_are_the_normalised_patch_tokens(tiny_encoder, se
 
 
 def test_evaluate_segmentation_end_to_end(tiny_encoder, segmentation_folder):
-    results = evaluate_segmentation(
-        tiny_encoder, segmentation_folder, class_names=["none", "red", "green", "blue"], epochs=2, progress_bar=False
+    arguments = EvaluationArguments(
+        str(tiny_encoder),
+        segmentation_dir=str(segmentation_folder),
+        segmentation_class_names=["none", "red", "green", "blue"],
+        segmentation_epochs=2,
+        progress_bar=False,
     )
+    results = evaluate_segmentation(arguments)
     assert results["num_train"] == 4 and results["num_test"] == 4
     assert results["feature_map_size"] == [32, 4, 4] and results["mask_size"] == [32, 32]
     assert set(results["per_class_iou"]) == {"red", "green", "blue"}
@@ -253,9 +259,10 @@ def test_segmentation_probe_on_real_gid_masks(shared_data, tiny_encoder, tmp_pat
             for kind, path in (("image", image_path), ("mask", mask_path)):
                 (tmp_path / kind / scene_folder.name).mkdir(parents=True, exist_ok=True)
                 (tmp_path / kind / scene_folder.name / path.name).symlink_to(path)
-    results = evaluate_segmentation(
-        tiny_encoder, tmp_path, class_names=GID_MTL5_CLASS_NAMES, image_size=64, epochs=2, progress_bar=False
+    arguments = EvaluationArguments(
+        str(tiny_encoder), segmentation_dir=str(tmp_path), image_size=64, segmentation_epochs=2, progress_bar=False
     )
+    results = evaluate_segmentation(arguments)
     assert results["num_images"] == 15 and results["mask_size"] == [224, 224]
     assert results["feature_map_size"] == [32, 8, 8]
     assert set(results["per_class_iou"]) == set(GID_MTL5_CLASS_NAMES[1:])

@@ -237,6 +237,30 @@ def _features_cache_key(
     }
 
 
+def _encode_batches(
+    model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device, pooling: str, progress_bar: bool
+) -> torch.Tensor:
+    """The pooled features of every batch of `loader`, float32 on the CPU (see [`extract_features`])."""
+    features = []
+    with (
+        _evaluation_mode(model),
+        torch.inference_mode(),
+        torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"),
+        tqdm(total=len(loader.dataset), unit="img", desc="Extracting features", disable=not progress_bar) as progress,
+    ):
+        for pixel_values in loader:
+            pixel_values = pixel_values.to(device, non_blocking=True)
+            outputs = model(pixel_values=pixel_values, **_forward_kwargs(model, pixel_values))
+            if pooling == PATCH_FEATURES:
+                pooled = patch_feature_map(outputs, _patch_grid(model, pixel_values))
+            else:
+                pooled = pool_encoder_outputs(outputs, pooling, _num_patches(model, pixel_values))
+            # Kept on the device until the end: a copy to the CPU per batch would synchronise every step.
+            features.append(pooled.float())
+            progress.update(len(pixel_values))
+    return torch.cat(features).cpu()
+
+
 def extract_features(
     model: nn.Module,
     processor: Any,
@@ -254,9 +278,9 @@ def extract_features(
     Encodes image files with a frozen vision encoder.
 
     Images are read with [`~modeling_pera.raster.read_image`], preprocessed one by one by `processor` (in
-    `num_workers` worker processes), and encoded in batches under `torch.inference_mode()`, with bf16 autocast on CUDA.
-    The model is put in eval mode for the call. Encoders that mask patches at random (ViT-MAE) are run with
-    `config.mask_ratio = 0` (restored afterwards) and `noise` set so that every patch is encoded, in raster order.
+    `num_workers` worker processes), and encoded in batches in eval mode under `torch.inference_mode()`, with bf16
+    autocast on CUDA. Encoders that mask patches at random (ViT-MAE) are run with `config.mask_ratio = 0` (restored
+    afterwards) and `noise` set so that every patch is encoded, in raster order.
 
     Args:
         model (`nn.Module`):
@@ -280,9 +304,9 @@ def extract_features(
         processor_kwargs (`dict`, *optional*):
             Per-call options of the processor, e.g. `{"size": {"height": 224, "width": 224}}`.
         num_workers (`int`, *optional*, defaults to 0):
-            Processes reading and preprocessing images; 0 reads them in the main process.
+            Processes reading and preprocessing images (0: the main process).
         progress_bar (`bool`, *optional*, defaults to `True`):
-            Whether to show a tqdm progress bar with the rate in images per second.
+            Whether to show a progress bar (with the rate in images per second).
         bands (`Sequence[int]`, *optional*):
             The files' bands to encode, in order (see [`preprocess_image_file`]); all of them by default.
 
@@ -297,7 +321,6 @@ def extract_features(
     processor_kwargs = processor_kwargs or {}
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
-
     cache_key = None
     if cache_path is not None:
         cache_key = _features_cache_key(model, processor, paths, pooling, processor_kwargs, bands)
@@ -312,24 +335,7 @@ def extract_features(
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
     )
-    features = []
-    with (
-        _evaluation_mode(model),
-        torch.inference_mode(),
-        torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"),
-        tqdm(total=len(paths), unit="img", desc="Extracting features", disable=not progress_bar) as progress,
-    ):
-        for pixel_values in loader:
-            pixel_values = pixel_values.to(device, non_blocking=True)
-            outputs = model(pixel_values=pixel_values, **_forward_kwargs(model, pixel_values))
-            if pooling == PATCH_FEATURES:
-                pooled = patch_feature_map(outputs, _patch_grid(model, pixel_values))
-            else:
-                pooled = pool_encoder_outputs(outputs, pooling, _num_patches(model, pixel_values))
-            # Kept on the device until the end: a copy to the CPU per batch would synchronise every step.
-            features.append(pooled.float())
-            progress.update(len(pixel_values))
-    features = torch.cat(features).cpu()
+    features = _encode_batches(model, loader, device, pooling, progress_bar)
 
     if cache_path is not None:
         Path(cache_path).parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
 segmentation probe, and their scores (accuracy per class, confusion matrix, IoU)."""
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -292,6 +292,43 @@ def segmentation_report(
     }
 
 
+def _fit_segmentation_head(
+    upsampled_logits: Callable[[torch.Tensor], torch.Tensor],
+    head: nn.Module,
+    train_features: torch.Tensor,
+    train_masks: torch.Tensor,
+    ignore_index: int | None,
+    epochs: int,
+    learning_rate: float,
+    weight_decay: float,
+    batch_size: int,
+    seed: int,
+) -> None:
+    """Trains `head` (through `upsampled_logits`) as [`segmentation_probe`] describes."""
+    device = next(head.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    steps_per_epoch = math.ceil(len(train_features) / batch_size)
+    # The optimiser needs gradients, which `torch.inference_mode` (e.g. a caller's) would switch off.
+    with torch.inference_mode(False), torch.enable_grad():
+        optimizer = torch.optim.AdamW(head.parameters(), lr=learning_rate, weight_decay=weight_decay)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+        for _ in range(epochs):
+            for batch in torch.randperm(len(train_features), generator=generator).split(batch_size):
+                labels = train_masks[batch].to(device).long()
+                # summed and divided by the labelled pixels: a batch without any gives a zero loss, not NaN
+                loss = F.cross_entropy(
+                    upsampled_logits(train_features[batch]),
+                    labels,
+                    ignore_index=-100 if ignore_index is None else ignore_index,
+                    reduction="sum",
+                )
+                num_labelled = labels.numel() if ignore_index is None else (labels != ignore_index).sum()
+                optimizer.zero_grad()
+                (loss / max(int(num_labelled), 1)).backward()
+                optimizer.step()
+                scheduler.step()
+
+
 def segmentation_probe(
     train_features: torch.Tensor,
     train_masks: torch.Tensor,
@@ -351,27 +388,18 @@ def segmentation_probe(
         logits = head((features.to(device).float() - mean) / std)
         return F.interpolate(logits, size=mask_size, mode="bilinear", align_corners=False)
 
-    generator = torch.Generator().manual_seed(seed)
-    steps_per_epoch = math.ceil(len(train_features) / batch_size)
-    # The optimiser needs gradients, which `torch.inference_mode` (e.g. a caller's) would switch off.
-    with torch.inference_mode(False), torch.enable_grad():
-        optimizer = torch.optim.AdamW(head.parameters(), lr=learning_rate, weight_decay=weight_decay)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
-        for _ in range(epochs):
-            for batch in torch.randperm(len(train_features), generator=generator).split(batch_size):
-                labels = train_masks[batch].to(device).long()
-                # summed and divided by the labelled pixels: a batch without any gives a zero loss, not NaN
-                loss = F.cross_entropy(
-                    upsampled_logits(train_features[batch]),
-                    labels,
-                    ignore_index=-100 if ignore_index is None else ignore_index,
-                    reduction="sum",
-                )
-                num_labelled = labels.numel() if ignore_index is None else (labels != ignore_index).sum()
-                optimizer.zero_grad()
-                (loss / max(int(num_labelled), 1)).backward()
-                optimizer.step()
-                scheduler.step()
+    _fit_segmentation_head(
+        upsampled_logits,
+        head,
+        train_features,
+        train_masks,
+        ignore_index,
+        epochs,
+        learning_rate,
+        weight_decay,
+        batch_size,
+        seed,
+    )
 
     predictions = []
     with torch.no_grad():

@@ -161,7 +161,9 @@ def pretrain(arguments: PretrainingArguments) -> dict:
     return summary
 
 
-def build_run(arguments: PretrainingArguments) -> Run:
+def start_accelerator(arguments: PretrainingArguments) -> Accelerator:
+    """Checks the output folder (and the Hub access for --push_to_hub) before anything costly, starts the
+    Accelerator, sets the logging and the seed, and prepares the output folder on the main process."""
     output_dir = Path(arguments.output_dir)
     resuming = arguments.resume_from_checkpoint is not None
     prepare_output_dir(output_dir, arguments.overwrite_output_dir, resuming, is_main_process=False)  # fail fast
@@ -182,6 +184,11 @@ def build_run(arguments: PretrainingArguments) -> Run:
         prepare_output_dir(output_dir, arguments.overwrite_output_dir, resuming, is_main_process=True)
     accelerator.wait_for_everyone()
 
+    return accelerator
+
+
+def build_run(arguments: PretrainingArguments) -> Run:
+    accelerator = start_accelerator(arguments)
     model = build_model(arguments)
     processor = build_processor(arguments, model.config)
     if arguments.activation_checkpointing:
@@ -208,23 +215,7 @@ def build_run(arguments: PretrainingArguments) -> Run:
             total_steps,
             REFERENCE_MIN_STEPS,
         )
-    schedule = PretrainingSchedule(
-        total_steps=total_steps,
-        **{
-            name: getattr(arguments, name)
-            for name in (
-                "learning_rate",
-                "min_learning_rate",
-                "warmup_fraction",
-                "weight_decay_start",
-                "weight_decay_end",
-                "momentum_start",
-                "teacher_temperature_start",
-                "teacher_temperature_end",
-                "teacher_temperature_warmup_fraction",
-            )
-        },
-    )
+    schedule = PretrainingSchedule.from_arguments(arguments, total_steps)
     if arguments.with_tracking:
         # TensorBoard's hyper-parameters take scalars and strings only
         hyperparameters = {

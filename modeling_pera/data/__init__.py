@@ -1,0 +1,38 @@
+# Copyright 2026 The modeling_pera authors. Licensed under the Apache License, Version 2.0.
+"""Image sources for PerA pretraining: local folders, `datasets` datasets (map-style or streaming), decoding to
+`(bands, height, width)` tensors with the model's band count, and the bad-file policy. Modules: `decoding` (a sample
+to a tensor), `datasets` (map-style and streaming datasets, seeded generators), `checks` (the check at start),
+`loading` (sources, the sampler, the DataLoader).
+
+Bad samples (unreadable, truncated or corrupt files, a band count the model cannot use, images smaller than
+`min_image_size`, NaN or infinite pixels) never stop a run: a map-style dataset replaces such a sample by the next
+usable one (index + 1, index + 2, ..., deterministically), a streaming dataset skips it, and every batch reports how
+many samples were replaced or skipped (`num_replaced`). Data that cannot work at all (every file unreadable, a band
+count that does not match the model) is caught at start by [`check_dataset`].
+"""
+
+from .checks import check_dataset
+from .datasets import PretrainingDataset, PretrainingIterableDataset, seeded_generator
+from .decoding import ImageDecoder, UnusableSampleError
+from .loading import (
+    PretrainingDataLoader,
+    PretrainingSampler,
+    load_pretraining_dataset,
+    make_pretraining_dataloader,
+    make_pretraining_dataset,
+)
+
+
+__all__ = [
+    "ImageDecoder",
+    "PretrainingDataLoader",
+    "PretrainingDataset",
+    "PretrainingIterableDataset",
+    "PretrainingSampler",
+    "UnusableSampleError",
+    "check_dataset",
+    "load_pretraining_dataset",
+    "make_pretraining_dataloader",
+    "make_pretraining_dataset",
+    "seeded_generator",
+]
