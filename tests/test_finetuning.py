@@ -116,6 +116,20 @@ def test_random_resized_crop_transform_takes_any_band_count(tmp_path):
     )
 
 
+def test_fine_tuning_bands_pick_the_encoders_bands_from_larger_images(tmp_path):
+    band_values = np.array([10, 80, 150, 220], dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "rgbn.tif", np.broadcast_to(band_values[:, None, None], (4, 50, 60)).copy())
+    processor = PeraImageProcessor()  # an RGB encoder's
+    with pytest.raises(ValueError, match=r"has 4 bands but the encoder takes 3: .*--bands 0 1 2"):
+        RandomResizedCropTransform(processor, image_size=24)(tmp_path / "rgbn.tif")
+    pixel_values = RandomResizedCropTransform(processor, image_size=24, bands=[2, 1, 0])(tmp_path / "rgbn.tif")
+    expected = (band_values[[2, 1, 0]] / 255 - np.array(processor.image_mean)) / np.array(processor.image_std)
+    torch.testing.assert_close(
+        pixel_values, torch.tensor(expected, dtype=torch.float32)[:, None, None].expand(3, 24, 24)
+    )
+    assert ClassificationArguments(model_name_or_path="m", train_dir="d", bands=[2, 1, 0]).bands == [2, 1, 0]
+
+
 def test_random_resized_crop_transform_is_random_and_seeded(tmp_path):
     pixels = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "image.png")
