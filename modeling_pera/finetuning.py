@@ -35,6 +35,7 @@ from transformers import (
 
 from .configuration_pera import PeraConfig
 from .evaluation import (
+    BANDS_HELP,
     ImageFolder,
     SegmentationFolder,
     classification_report,
@@ -355,13 +356,7 @@ class FinetuningArguments:
             "PerA. PerA checkpoints load without it when modeling_pera is installed."
         },
     )
-    bands: list[int] | None = field(
-        default=None,
-        metadata={
-            "help": "The images' bands to use, in the encoder's order (0-based), e.g. 0 1 2 for the RGB of RGB+NIR "
-            "tiles given to an RGB encoder; all bands by default."
-        },
-    )
+    bands: list[int] | None = field(default=None, metadata={"help": BANDS_HELP})
 
 
 @dataclass

@@ -15,7 +15,7 @@ The metrics are computed here rather than with `evaluate`, whose `evaluate.load(
 script from the Hub and fails offline.
 """
 
-from .arguments import EvaluationArguments
+from .arguments import BANDS_HELP, EvaluationArguments
 from .datasets import GID_MTL5_CLASS_NAMES, ImageFolder, SegmentationFolder, read_mask, stratified_split
 from .features import (
     PATCH_FEATURES,
@@ -41,6 +41,7 @@ from .reports import format_comparison, format_evaluation_summary, format_segmen
 
 
 __all__ = [
+    "BANDS_HELP",
     "GID_MTL5_CLASS_NAMES",
     "LINEAR_PROBE_WEIGHT_DECAYS",
     "PATCH_FEATURES",

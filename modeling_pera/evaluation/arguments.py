@@ -11,6 +11,14 @@ from .datasets import GID_MTL5_CLASS_NAMES
 from .features import POOLINGS
 
 
+# The --bands flag of the scripts that feed images to a trained encoder (run_eval, run_classification,
+# run_segmentation).
+BANDS_HELP = (
+    "The images' bands to give the encoder, in its order (0-based), e.g. 0 1 2 for the RGB of RGB+NIR tiles given to "
+    "an RGB encoder; all bands by default."
+)
+
+
 @dataclass
 class EvaluationArguments:
     """Flags of `examples/run_eval.py`: the encoder, how images are encoded, and the settings of each probe."""
@@ -44,13 +52,7 @@ class EvaluationArguments:
     pooling: str = field(
         default="cls", metadata={"help": "Features of the kNN and linear probe.", "choices": list(POOLINGS)}
     )
-    bands: list[int] | None = field(
-        default=None,
-        metadata={
-            "help": "The images' bands to encode, in the encoder's order (0-based), e.g. 0 1 2 for the RGB of RGB+NIR "
-            "tiles given to an RGB encoder; all bands by default."
-        },
-    )
+    bands: list[int] | None = field(default=None, metadata={"help": BANDS_HELP})
     linear_probe: bool = field(default=False, metadata={"help": "Also fit a logistic-regression probe."})
     random_init: bool = field(default=False, metadata={"help": "Use random weights of the same architecture."})
     trust_remote_code: bool = field(
@@ -104,4 +106,4 @@ class EvaluationArguments:
         return path.with_name(f"{path.stem}-patches{path.suffix}")
 
 
-__all__ = ["EvaluationArguments"]
+__all__ = ["BANDS_HELP", "EvaluationArguments"]
