@@ -1,4 +1,4 @@
-"""PerA for transformers: public names and Auto registration (the classes live in the four Hub files)."""
+"""PerA for transformers: public names and Auto registration (the classes live in the Hub files)."""
 
 from transformers import (
     AutoBackbone,
@@ -9,8 +9,9 @@ from transformers import (
     AutoModelForPreTraining,
 )
 
+from .bands_pera import PERA_PROCESSOR_PRESETS
 from .configuration_pera import PERA_PRESETS, PeraConfig, pera_mask_counts
-from .image_processing_pera import PERA_PROCESSOR_PRESETS, PeraImageProcessor
+from .image_processing_pera import PeraImageProcessor
 from .modeling_pera import (
     PeraBackbone,
     PeraForImageClassification,

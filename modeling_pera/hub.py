@@ -2,7 +2,7 @@
 """Sharing PerA checkpoints on the Hugging Face Hub: a model card written from the saved folder, and the upload.
 
 A folder written by `save_pretrained` (or by [`~modeling_pera.pretraining.export_pretrained`]) already holds the weights,
-the config with its `auto_map`, the image processor and the three code files, so that it loads with
+the config with its `auto_map`, the image processor and the Hub code files, so that it loads with
 `trust_remote_code=True` where this package is not installed. [`write_model_card`] adds a `README.md` describing the
 model, its bands and input statistics, how it was trained and how well it probes; [`push_folder_to_hub`] uploads the
 folder.

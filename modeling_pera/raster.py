@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .image_processing_pera import (
+from .bands_pera import (
     PERA_PROCESSOR_PRESETS,
     SENTINEL2_L1C_BANDS,
     SENTINEL2_L2A_BANDS,

@@ -220,8 +220,10 @@ def test_config_and_processor_of_the_converted_folder(converted):
         for name in (
             "configuration_pera.py",
             "modeling_pera.py",
+            "layers_pera.py",
             "losses_pera.py",
             "image_processing_pera.py",
+            "bands_pera.py",
             "model.safetensors",
         ):
             assert (folder / name).is_file(), name

@@ -203,9 +203,11 @@ def test_trainer_fine_tuning_separates_the_classes(finetuned):
     assert config["id2label"] == {"0": "forest", "1": "urban", "2": "water"}
     for name in (
         "modeling_pera.py",
+        "layers_pera.py",
         "losses_pera.py",
         "configuration_pera.py",
         "image_processing_pera.py",
+        "bands_pera.py",
         "preprocessor_config.json",
     ):
         assert (finetuned / name).is_file(), name

@@ -3,6 +3,7 @@ process where `modeling_pera` cannot be imported, offline."""
 
 import json
 
+import numpy as np
 import torch
 
 from modeling_pera import PeraForPreTraining, PeraImageProcessor
@@ -10,7 +11,14 @@ from modeling_pera.configuration_pera import PERA_AUTO_MAP
 from pera_testing import run_without_package, tiny_config
 
 
-HUB_FILES = ("configuration_pera.py", "modeling_pera.py", "losses_pera.py", "image_processing_pera.py")
+HUB_FILES = (
+    "configuration_pera.py",
+    "modeling_pera.py",
+    "layers_pera.py",
+    "losses_pera.py",
+    "image_processing_pera.py",
+    "bands_pera.py",
+)
 
 
 def save_checkpoint(directory):
@@ -69,3 +77,31 @@ def test_remote_code_loads_offline_without_the_package(tmp_path):
     """
     result = run_without_package(script, tmp_path / "checkpoint", tmp_path / "expected.pt", workdir=tmp_path)
     assert "remote code OK" in result.stdout
+
+
+def test_a_processor_saved_alone_carries_its_band_presets_and_loads_without_the_package(tmp_path):
+    """`image_processing_pera.py` imports `bands_pera.py` relatively: `save_pretrained` copies both, and the processor
+    loads from them in a fresh process without the package."""
+    processor = PeraImageProcessor.from_preset("sentinel2-l2a", offset=1000, size=32)
+    processor.save_pretrained(tmp_path / "processor")
+    code_files = sorted(path.name for path in (tmp_path / "processor").glob("*.py"))
+    assert code_files == ["bands_pera.py", "image_processing_pera.py"]
+    image = np.random.default_rng(0).integers(1000, 6000, size=(12, 40, 40), dtype=np.int32)
+    expected = processor(image, return_tensors="pt")["pixel_values"]
+    reference = {"image": torch.from_numpy(image), "expected": expected, "band_names": processor.band_names}
+    torch.save(reference, tmp_path / "expected.pt")
+
+    script = """
+        import torch
+        from transformers import AutoImageProcessor
+
+        folder, reference = sys.argv[1], torch.load(sys.argv[2])
+        processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+        assert type(processor).__module__.startswith("transformers_modules"), type(processor).__module__
+        assert processor.band_names == reference["band_names"], processor.band_names
+        pixel_values = processor(reference["image"].numpy(), return_tensors="pt")["pixel_values"]
+        torch.testing.assert_close(pixel_values, reference["expected"])
+        print("remote processor OK")
+    """
+    result = run_without_package(script, tmp_path / "processor", tmp_path / "expected.pt", workdir=tmp_path)
+    assert "remote processor OK" in result.stdout

@@ -19,7 +19,14 @@ from modeling_pera.pretraining import PretrainingArguments, export_pretrained, p
 from pera_testing import run_without_package, tiny_config
 
 
-HUB_FILES = ("configuration_pera.py", "modeling_pera.py", "losses_pera.py", "image_processing_pera.py")
+HUB_FILES = (
+    "configuration_pera.py",
+    "modeling_pera.py",
+    "layers_pera.py",
+    "losses_pera.py",
+    "image_processing_pera.py",
+    "bands_pera.py",
+)
 
 
 @pytest.fixture

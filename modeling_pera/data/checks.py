@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..image_processing_pera import eight_bit_range_problem, has_8_bit_statistics
+from ..bands_pera import eight_bit_range_problem, has_8_bit_statistics
 from ..raster import band_count_advice
 from ..views import AlignedPairViews
 from .datasets import PretrainingDataset, PretrainingIterableDataset

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from datasets.distributed import split_dataset_by_node
 
-from ..image_processing_pera import SENTINEL2_L2A_BANDS
+from ..bands_pera import SENTINEL2_L2A_BANDS
 from ..views import AlignedPairViews
 from .decoding import DEFAULT_MIN_IMAGE_SIZE, NUM_LOGGED_BAD_SAMPLES, ImageDecoder, UnusableSampleError
 

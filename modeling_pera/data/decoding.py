@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..image_processing_pera import SENTINEL2_L2A_BANDS, pil_image_to_bands
+from ..bands_pera import SENTINEL2_L2A_BANDS, pil_image_to_bands
 from ..raster import RasterReadError, decode_image_bytes, read_image, select_bands
 
 

@@ -5,8 +5,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..bands_pera import PERA_PROCESSOR_PRESETS
 from ..configuration_pera import PERA_PRESETS
-from ..image_processing_pera import PERA_PROCESSOR_PRESETS
 
 
 # Hyper-parameter sets. "reference" is the authors' recipe (their code's values), made for 200 epochs over millions
