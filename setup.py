@@ -15,6 +15,8 @@ setup(
         "torchvision",
         "accelerate",
         "datasets",
+        # StatefulDataLoader: a streamed dataset resumes at its saved position in every worker
+        "torchdata",
         "safetensors",
         "evaluate",
         "numpy",
@@ -26,7 +28,10 @@ setup(
         "matplotlib",
     ],
     extras_require={
+        # large GeoTIFF/COG scenes read a window at a time (--train_scenes)
+        "geo": ["rasterio"],
         "dev": [
+            "rasterio",
             "pytest",
             "pytest-timeout",
             # style: `make test` runs `ruff check` first (ruff.toml)

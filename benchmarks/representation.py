@@ -21,6 +21,7 @@ kNN accuracy against pretraining time.
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -28,13 +29,13 @@ import torch
 
 from budgeted import DEFAULT_DATA_DIR, REPOSITORY, SETTINGS, evaluate, resolve_setting, train_dirs, train_for_budget
 from modeling_pera.pretraining import snapshot_directory
-from reporting import command_line, device_name, publish, save_figure
+from reporting import command_line, device_name, markdown_table, publish, save_figure, write_section
 
 
 METHODS = ("pera", "full_view", "mae")
 
 
-def markdown_table(report: dict) -> str:
+def run_table(report: dict) -> str:
     setting = report["setting"]
     lines = [
         f"Machine: **{report['device_name']}**; {setting['model_size']} ({setting['config_overrides']}), batch "
@@ -55,6 +56,53 @@ def markdown_table(report: dict) -> str:
         )
     lines += ["", f"![kNN accuracy against pretraining time]({report['plot']})"]
     return "\n".join(lines)
+
+
+PROBES = {"knn_top1": "UC Merced 20-NN", "linear_probe_top1": "linear probe", "segmentation_miou": "GID-MTL5 mIoU"}
+
+
+def mean_and_spread(values: list[float]) -> str:
+    """'mean ± half the range' in points, for fractions."""
+    spread = f" ± {50 * (max(values) - min(values)):.1f}" if len(values) > 1 else ""
+    return f"{100 * statistics.fmean(values):.1f}{spread}"
+
+
+def seeds_table(reports: list[dict], paths: list[Path]) -> str:
+    """The runs of several seeds (same setting): each method's mean ± half-range, then PerA's margin over each other
+    method, taken seed by seed."""
+    setting = reports[0]["setting"]
+    finals = {method: [report["methods"][method]["final"] for report in reports] for method in reports[0]["methods"]}
+    probes = [probe for probe in PROBES if all(probe in final for final in finals["random_init"])]
+    rows = [
+        [
+            method,
+            f"{statistics.fmean(report['methods'][method].get('steps', 0) for report in reports):.0f}",
+            *(mean_and_spread([final[probe] for final in finals[method]]) for probe in probes),
+        ]
+        for method in finals
+    ]
+    rows += [
+        [
+            f"**PerA - {method}**",
+            "",
+            *(
+                mean_and_spread([pera[probe] - other[probe] for pera, other in zip(finals["pera"], finals[method])])
+                for probe in probes
+            ),
+        ]
+        for method in finals
+        if method != "pera" and "pera" in finals
+    ]
+    header = (
+        f"Machine: **{reports[0]['device_name']}**; {setting['model_size']} ({setting['config_overrides']}), batch "
+        f"{setting['batch_size']}, {setting['budget_minutes']} min of training per method; seeds "
+        f"{', '.join(str(report['seed']) for report in reports)} (mean ± half the range, in points). Commands: "
+        + "; ".join(f"`{report['command']}`" for report in reports)
+        + ". JSON: "
+        + ", ".join(f"`{path}`" for path in paths)
+        + "."
+    )
+    return header + "\n\n" + markdown_table(["method", "steps", *(PROBES[probe] for probe in probes)], rows)
 
 
 def plot(report: dict, path: Path) -> None:
@@ -81,7 +129,7 @@ def plot(report: dict, path: Path) -> None:
     save_figure(figure, path)
 
 
-def main():
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="cpu")
     parser.add_argument("--data_dir", type=Path, default=DEFAULT_DATA_DIR)
@@ -107,8 +155,64 @@ def main():
         help="Default: <output_dir>/representation.json; for the docs, "
         "benchmarks/results/representation_<setting>_seed<N>.json.",
     )
-    arguments = parser.parse_args()
+    parser.add_argument(
+        "--seed_reports",
+        type=Path,
+        nargs="+",
+        help="Train nothing: write the table of these runs' JSON (one per seed, e.g. "
+        "benchmarks/results/representation_cpu_seed*.json) into --markdown.",
+    )
+    return parser.parse_args()
 
+
+def train_and_evaluate(method: str, setting: dict, folders: list[str], arguments: argparse.Namespace) -> dict:
+    """One method trained for the budget, its snapshots scored by 20-NN and its final encoder by every probe."""
+    output_dir = arguments.output_dir / method
+    job = {
+        "method": method,
+        "train_dir": folders,
+        "model_size": setting["model_size"],
+        "config_overrides": setting["config_overrides"],
+        "batch_size": setting["batch_size"],
+        "num_workers": setting["num_workers"],
+        "device": setting["device"],
+        "seed": arguments.seed,
+        "output_dir": str(output_dir),
+    }
+    run = train_for_budget(job, 60 * setting["budget_minutes"], arguments.calibration_steps, arguments.num_snapshots)
+    # Training time at each snapshot, from the measured step rate of the run itself.
+    seconds_per_step = run["train_seconds"] / run["completed_steps"]
+    curve = [
+        {
+            "step": step,
+            "train_seconds": step * seconds_per_step,
+            **evaluate(snapshot_directory(output_dir, step), arguments.data_dir, setting, final=False),
+        }
+        for step in run["snapshot_steps"]
+    ]
+    final = evaluate(
+        output_dir / "encoder", arguments.data_dir, setting, final=True, segmentation=arguments.segmentation
+    )
+    curve.append({"step": run["steps"], "train_seconds": run["train_seconds"], "knn_top1": final["knn_top1"]})
+    return {
+        "steps": run["steps"],
+        "train_seconds": run["train_seconds"],
+        "calibrated_seconds_per_step": run["seconds_per_step"],
+        "final": final,
+        "curve": curve,
+        "loss_history": run["loss_history"],
+    }
+
+
+def main():
+    arguments = parse_args()
+    if arguments.seed_reports:
+        reports = [json.loads(path.read_text()) for path in arguments.seed_reports]
+        text = seeds_table(reports, arguments.seed_reports)
+        print(text)
+        if arguments.markdown:
+            write_section(arguments.markdown, f"representation-{arguments.setting}", text)
+        return
     setting = resolve_setting(
         arguments.setting,
         **{
@@ -129,44 +233,8 @@ def main():
     }
     started = time.perf_counter()
     for method in arguments.methods:
-        output_dir = arguments.output_dir / method
-        job = {
-            "method": method,
-            "train_dir": folders,
-            "model_size": setting["model_size"],
-            "config_overrides": setting["config_overrides"],
-            "batch_size": setting["batch_size"],
-            "num_workers": setting["num_workers"],
-            "device": setting["device"],
-            "seed": arguments.seed,
-            "output_dir": str(output_dir),
-        }
-        run = train_for_budget(
-            job, 60 * setting["budget_minutes"], arguments.calibration_steps, arguments.num_snapshots
-        )
-        # Training time at each snapshot, from the measured step rate of the run itself.
-        seconds_per_step = run["train_seconds"] / run["completed_steps"]
-        curve = [
-            {
-                "step": step,
-                "train_seconds": step * seconds_per_step,
-                **evaluate(snapshot_directory(output_dir, step), arguments.data_dir, setting, final=False),
-            }
-            for step in run["snapshot_steps"]
-        ]
-        final = evaluate(
-            output_dir / "encoder", arguments.data_dir, setting, final=True, segmentation=arguments.segmentation
-        )
-        curve.append({"step": run["steps"], "train_seconds": run["train_seconds"], "knn_top1": final["knn_top1"]})
-        report["methods"][method] = {
-            "steps": run["steps"],
-            "train_seconds": run["train_seconds"],
-            "calibrated_seconds_per_step": run["seconds_per_step"],
-            "final": final,
-            "curve": curve,
-            "loss_history": run["loss_history"],
-        }
-        print(json.dumps({method: final}), flush=True)
+        report["methods"][method] = train_and_evaluate(method, setting, folders, arguments)
+        print(json.dumps({method: report["methods"][method]["final"]}), flush=True)
     reference_encoder = arguments.output_dir / arguments.methods[0] / "encoder"
     report["methods"]["random_init"] = {
         "final": evaluate(
@@ -187,7 +255,7 @@ def main():
     report["plot"] = str(figure.relative_to(arguments.markdown.parent)) if arguments.markdown else str(figure)
     plot(report, figure)
     output_json = arguments.output_json or arguments.output_dir / "representation.json"
-    publish(report, markdown_table(report), output_json, arguments.markdown, f"representation-{arguments.setting}")
+    publish(report, run_table(report), output_json, arguments.markdown, f"representation-{arguments.setting}")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,11 @@ from modeling_pera.pretraining import PretrainingArguments, pretrain
 def parse_args(argv: list[str] | None = None) -> PretrainingArguments:
     parser = HfArgumentParser(PretrainingArguments, description=__doc__, formatter_class=HelpFormatter)
     (arguments,) = parser.parse_args_into_dataclasses(args=argv)
-    if arguments.train_dir is None and arguments.dataset_name is None:
-        parser.error("give the images to pretrain on: --train_dir <folder> or --dataset_name <datasets id>.")
+    if arguments.train_dir is None and arguments.dataset_name is None and arguments.train_scenes is None:
+        parser.error(
+            "give the images to pretrain on: --train_dir <folder>, --dataset_name <datasets id> or --train_scenes "
+            "<GeoTIFF scenes>."
+        )
     return arguments
 
 

@@ -273,6 +273,8 @@ def pretraining_card_info(
         data = f"`{arguments.dataset_name}`"
         if arguments.dataset_config_name:
             data += f" ({arguments.dataset_config_name})"
+    elif arguments.train_scenes:
+        data = "random windows of the scenes " + ", ".join(f"`{Path(scene).name}`" for scene in arguments.train_scenes)
     else:
         train_dirs = arguments.train_dir if isinstance(arguments.train_dir, list) else [arguments.train_dir]
         # folder names only: absolute local paths mean nothing to readers of the card

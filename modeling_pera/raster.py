@@ -14,7 +14,9 @@
 """The one way from an image file to bands, used by pretraining, evaluation, fine-tuning and visualisation: listing
 (suffixes, band folders), decoding into `(bands, height, width)` arrays without GDAL (GeoTIFF/TIFF with tifffile,
 JPEG/PNG and the other formats PIL knows with PIL, BigEarthNet-style band folders), PIL's modes turned into bands by
-[`pil_image_to_bands`] (the processor's own rule), and resampling bands to one grid.
+[`pil_image_to_bands`] (the processor's own rule), and resampling bands to one grid. Large scenes (GeoTIFF/COG of
+any size) are read a window at a time with rasterio, the optional `geo` extra ([`describe_scene`],
+[`read_scene_window`]).
 
 The arrays feed [`PeraImageProcessor`] directly. This module is part of the installed package, not of the Hub code
 files.
@@ -24,6 +26,7 @@ import io
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -387,12 +390,107 @@ def band_count_advice(found: int, expected: int, pretraining: bool = True) -> st
     return "; or ".join(advice)
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Large scenes, a window at a time (rasterio)
+# ---------------------------------------------------------------------------------------------------------------------
+
+SCENE_MASK_SIZE = 256  # the longer side of the low-resolution valid-pixel mask kept per scene
+
+
+def import_rasterio():
+    """rasterio, or an `ImportError` that says how to install it."""
+    try:
+        import rasterio
+    except ImportError as error:
+        raise ImportError(
+            "Reading large scenes needs rasterio: pip install 'modeling_pera[geo]' (or pip install rasterio)."
+        ) from error
+    return rasterio
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """What a scene is, read once from its header and overviews: its size, bands, CRS and where its valid pixels
+    are (`valid_mask`, at most `SCENE_MASK_SIZE` on its longer side: True where not nodata)."""
+
+    path: Path
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: str | None
+    band_names: tuple[str | None, ...]
+    valid_mask: np.ndarray
+
+    def valid_fraction(self, row: int, col: int, size: int) -> float:
+        """The valid share of the window `(row, col, size)` on the low-resolution mask (no read of the scene)."""
+        mask_height, mask_width = self.valid_mask.shape
+        top, bottom = row * mask_height // self.height, -(-(row + size) * mask_height // self.height)
+        left, right = col * mask_width // self.width, -(-(col + size) * mask_width // self.width)
+        return float(self.valid_mask[top:bottom, left:right].mean())
+
+
+def describe_scene(path: str | os.PathLike) -> SceneInfo:
+    """Reads a scene's header and its low-resolution valid-pixel mask (through its overviews when it has them).
+    Raises a [`RasterReadError`] naming the file when rasterio cannot read it."""
+    rasterio = import_rasterio()
+    try:
+        with rasterio.open(path) as scene:
+            scale = max(scene.width, scene.height) / SCENE_MASK_SIZE
+            shape = (max(1, round(scene.height / scale)), max(1, round(scene.width / scale)))
+            return SceneInfo(
+                path=Path(path),
+                width=scene.width,
+                height=scene.height,
+                count=scene.count,
+                dtype=scene.dtypes[0],
+                crs=scene.crs.to_string() if scene.crs else None,
+                band_names=tuple(scene.descriptions),
+                # every band valid, as in read_scene_window (dataset_mask ignores nodata in overviews)
+                valid_mask=(scene.read_masks(out_shape=(scene.count, *shape)) > 0).all(axis=0),
+            )
+    except rasterio.errors.RasterioError as error:
+        raise RasterReadError(f"{path} cannot be read as a raster scene: {error}") from error
+
+
+def read_scene_window(
+    scene, bands: Sequence[int], row: int, col: int, size: int, out_size: int
+) -> tuple[np.ndarray, float]:
+    """
+    Reads the `size` x `size` window at `(row, col)` of the open rasterio dataset `scene`, only that window, at
+    `out_size` x `out_size` pixels (averaged, through the overviews when `out_size < size`), bands `bands` (0-based).
+    Returns `(pixels, valid_fraction)`: pixels as uint8 for 8-bit scenes, float32 otherwise, 0 where not valid
+    (nodata, masked, or NaN). Raises a [`RasterReadError`] when the read fails (e.g. a corrupt tile).
+    """
+    rasterio = import_rasterio()
+    from rasterio.enums import Resampling
+    from rasterio.windows import Window
+
+    try:
+        pixels = scene.read(
+            [band + 1 for band in bands],
+            window=Window(col, row, size, size),
+            out_shape=(len(bands), out_size, out_size),
+            resampling=Resampling.average if out_size < size else Resampling.nearest,
+            masked=True,
+        )
+    except rasterio.errors.RasterioError as error:
+        raise RasterReadError(f"{scene.name} window (row {row}, col {col}, {size} px): {error}") from error
+    valid = ~np.ma.getmaskarray(pixels).any(axis=0)
+    data = pixels.data if pixels.dtype == np.uint8 else pixels.data.astype(np.float32)
+    if data.dtype == np.float32:
+        valid &= np.isfinite(data).all(axis=0)
+    return np.where(valid, data, 0).astype(data.dtype, copy=False), float(valid.mean())
+
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "RasterReadError",
+    "SceneInfo",
     "band_count_advice",
     "band_of_file",
     "decode_image_bytes",
+    "describe_scene",
     "find_images",
     "is_image_file_name",
     "is_tiff",
@@ -400,5 +498,6 @@ __all__ = [
     "read_encoder_input",
     "read_image",
     "read_raster",
+    "read_scene_window",
     "select_bands",
 ]

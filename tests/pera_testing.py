@@ -76,7 +76,7 @@ def tiny_arguments(train_dir, output_dir, **overrides) -> PretrainingArguments:
     """Flags of a 4-step pretraining run of the tiny model on `train_dir` (batch 4, a log every step, no workers,
     seed 3); `overrides` change any field."""
     settings = dict(
-        train_dir=str(train_dir),
+        train_dir=None if train_dir is None else str(train_dir),
         output_dir=str(output_dir),
         config_overrides=TINY_MODEL,
         per_device_train_batch_size=4,

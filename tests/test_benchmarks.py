@@ -68,6 +68,16 @@ def test_representation_benchmark_trains_and_evaluates_every_method(tmp_path):
     assert "| mae |" in text and "| random_init |" in text
     assert (tmp_path / "docs" / "figures" / "representation_cpu.png").stat().st_size > 0
 
+    # The table of several seeds' runs (here the same run twice: no spread, and PerA's margins seed by seed).
+    seeds = [str(tmp_path / "out" / "representation.json")] * 2
+    summary = subprocess.run([*command[:2], "--seed_reports", *seeds, "--markdown", str(markdown)], text=True)
+    assert summary.returncode == 0
+    text = markdown.read_text()
+    pera_knn = 100 * report["methods"]["pera"]["final"]["knn_top1"]
+    assert f"| pera | {report['methods']['pera']['steps']} | {pera_knn:.1f} ± 0.0 |" in text
+    margin = 100 * (report["methods"]["pera"]["final"]["knn_top1"] - report["methods"]["mae"]["final"]["knn_top1"])
+    assert f"| **PerA - mae** |  | {margin:.1f} ± 0.0 |" in text
+
 
 def test_step_benchmark_measures_every_variant_on_cpu(tmp_path):
     data_dir = write_labelled_images(tmp_path / "data")

@@ -362,6 +362,59 @@ def test_streaming_views_differ_between_workers_and_epochs(tmp_path):
     assert all(not torch.equal(views[i], views[j]) for i in range(8) for j in range(i + 1, 8))
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_stream_resumes_where_it_stopped_without_reading_again(tmp_path, num_workers):
+    generator = np.random.default_rng(0)
+    paths = []
+    for k in range(12):  # image k: values 10 k + 0..3, so that random crops differ and their mean still gives k
+        paths.append(str(tmp_path / f"{k:02d}.png"))
+        Image.fromarray((10 * k + generator.integers(0, 4, (24, 24, 3))).astype(np.uint8)).save(paths[-1])
+    source = datasets.Dataset.from_dict({"image": paths}).cast_column("image", datasets.Image())
+    views = make_views(
+        student_color_probability=0.0,
+        teacher_color_probability=0.0,
+        image_mean=[0.0] * 3,
+        image_std=[1.0] * 3,
+        rescale_factor=1.0,
+    )
+
+    def make_loader():
+        dataset = PretrainingIterableDataset(source.to_iterable_dataset(num_shards=4), views, seed=3)
+        loader = make_pretraining_dataloader(dataset, batch_size=2, num_workers=num_workers)
+        loader.set_epoch(1)
+        return loader
+
+    uninterrupted = list(make_loader())
+    interrupted = make_loader()
+    batches = iter(interrupted)
+    consumed = [next(batches) for _ in range(3)]  # with 2 workers, the next batch is the second worker's
+    state = interrupted.state_dict()
+    del batches, interrupted
+    for number in image_numbers(consumed):
+        Path(paths[number]).unlink()  # a resume that read them again would fail
+    resumed = make_loader()
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    assert len(consumed) + len(rest) == len(uninterrupted) == 6
+    for got, expected in zip(consumed + rest, uninterrupted):
+        for name in expected:
+            torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+
+
+def test_a_stream_position_is_refused_on_other_shards_or_a_shuffle_buffer(numbered_folder):
+    paths = sorted(str(path) for path in numbered_folder.glob("[0-9][0-9].png"))
+    source = datasets.Dataset.from_dict({"image": paths}).cast_column("image", datasets.Image())
+    saved = PretrainingIterableDataset(source.to_iterable_dataset(num_shards=4), identity_views()).state_dict()
+    fewer_shards = PretrainingIterableDataset(source.to_iterable_dataset(num_shards=3), identity_views())
+    with pytest.raises(ValueError, match="had 4 shards .* has 3 now"):
+        fewer_shards.load_state_dict(saved)
+    shuffled = PretrainingIterableDataset(
+        source.to_iterable_dataset(num_shards=4), identity_views(), shuffle_buffer_size=8
+    )
+    with pytest.raises(ValueError, match="shuffled through a buffer cannot resume exactly"):
+        shuffled.load_state_dict(saved)
+
+
 def test_load_pretraining_dataset_sources_and_errors(rgb_tree, tmp_path, monkeypatch):
     assert load_pretraining_dataset(train_dir=rgb_tree) == find_images(rgb_tree)
     nested = rgb_tree / "nested"

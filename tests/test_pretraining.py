@@ -1,6 +1,7 @@
 """The pretraining job end to end: schedules, parameter groups, the script on real and multispectral images, the
 exported encoder, exact resume, and a 2-process run."""
 
+import io
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -24,6 +26,7 @@ from modeling_pera.pretraining import (
     pretrain,
     student_parameter_groups,
 )
+from modeling_pera.pretraining.checkpoints import stream_state_path
 from modeling_pera.schedules import PretrainingSchedule
 from pera_testing import TINY_MODEL, run_without_package, tiny_arguments, write_random_tiffs
 
@@ -148,6 +151,60 @@ def test_resume_reaches_the_same_weights_and_losses(tmp_path):
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
     assert torch.count_nonzero(got["center"]) > 0
+
+
+def write_parquet_shards(folder: Path, num_shards: int = 4, per_shard: int = 3) -> Path:
+    """`num_shards` parquet files of `per_shard` random PNG images each: a stream of `num_shards` shards."""
+    folder.mkdir(parents=True)
+    generator = np.random.default_rng(0)
+    features = datasets.Features({"image": datasets.Image()})
+    for shard in range(num_shards):
+        images = []
+        for _ in range(per_shard):
+            buffer = io.BytesIO()
+            Image.fromarray(generator.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(buffer, format="PNG")
+            images.append({"bytes": buffer.getvalue(), "path": None})
+        datasets.Dataset.from_dict({"image": images}, features=features).to_parquet(folder / f"{shard}.parquet")
+    return folder
+
+
+def test_a_streamed_run_resumes_exactly_from_its_position_in_the_stream(tmp_path):
+    shards = write_parquet_shards(tmp_path / "shards")
+    # 2 workers with 2 shards (6 images) each, 2 images per batch: 6 batches per epoch, the workers' in turn; after
+    # step 3 the second worker's batch comes next, and step 8 is in the second epoch.
+    streamed = dict(
+        dataset_name="parquet",
+        streaming=True,
+        per_device_train_batch_size=2,
+        max_train_steps=8,
+        dataloader_num_workers=2,
+    )
+    full = pretrain(tiny_arguments(shards, tmp_path / "full", checkpointing_steps=3, **streamed))
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "step_3", interrupted / "checkpoints" / "step_3")
+    resumed = pretrain(tiny_arguments(shards, interrupted, resume_from_checkpoint="latest", **streamed))
+    assert resumed["loss_history"] == full["loss_history"][3:]
+    expected = load_file(tmp_path / "full" / "model.safetensors")
+    got = load_file(interrupted / "model.safetensors")
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+
+    checkpoint = str(tmp_path / "full" / "checkpoints" / "step_6")
+    other_workers = {**streamed, "dataloader_num_workers": 1}
+    with pytest.raises(CheckpointError, match="dataloader_num_workers was 2, now 1"):
+        pretrain(tiny_arguments(shards, tmp_path / "full", resume_from_checkpoint=checkpoint, **other_workers))
+    (shards / "3.parquet").unlink()  # a shard of the stream has disappeared since the checkpoint
+    with pytest.raises(CheckpointError, match="num_stream_shards was 4, now 3"):
+        pretrain(tiny_arguments(shards, tmp_path / "full", resume_from_checkpoint=checkpoint, **streamed))
+    # A streamed checkpoint written before positions were saved: intact, but without a position.
+    stream_state_path(Path(checkpoint), 0).unlink()
+    manifest = Path(checkpoint) / "manifest.json"
+    files = json.loads(manifest.read_text())["files"]
+    manifest.write_text(
+        json.dumps({"files": {name: record for name, record in files.items() if "stream" not in name}})
+    )
+    with pytest.raises(CheckpointError, match="the stream position of process 0 is missing"):
+        pretrain(tiny_arguments(shards, tmp_path / "full", resume_from_checkpoint=checkpoint, **streamed))
 
 
 def test_recipes_fill_only_what_the_user_left_unset():

@@ -2,7 +2,7 @@
 """Image sources for PerA pretraining: local folders, `datasets` datasets (map-style or streaming), decoding to
 `(bands, height, width)` tensors with the model's band count, and the bad-file policy. Modules: `decoding` (a sample
 to a tensor), `datasets` (map-style and streaming datasets, seeded generators), `checks` (the check at start),
-`loading` (sources, the sampler, the DataLoader).
+`loading` (sources, the sampler, the DataLoaders), `scenes` (random windows of large GeoTIFF/COG scenes).
 
 Bad samples (unreadable, truncated or corrupt files, a band count the model cannot use, images smaller than
 `min_image_size`, NaN or infinite pixels) never stop a run: a map-style dataset replaces such a sample by the next
@@ -17,10 +17,12 @@ from .decoding import ImageDecoder, UnusableSampleError
 from .loading import (
     PretrainingDataLoader,
     PretrainingSampler,
+    StreamingDataLoader,
     load_pretraining_dataset,
     make_pretraining_dataloader,
     make_pretraining_dataset,
 )
+from .scenes import SceneDataset, find_scenes
 
 
 __all__ = [
@@ -29,8 +31,11 @@ __all__ = [
     "PretrainingDataset",
     "PretrainingIterableDataset",
     "PretrainingSampler",
+    "SceneDataset",
+    "StreamingDataLoader",
     "UnusableSampleError",
     "check_dataset",
+    "find_scenes",
     "load_pretraining_dataset",
     "make_pretraining_dataloader",
     "make_pretraining_dataset",

@@ -16,6 +16,7 @@ from ..raster import band_count_advice
 from ..views import AlignedPairViews
 from .datasets import PretrainingDataset, PretrainingIterableDataset
 from .decoding import UnusableSampleError
+from .scenes import SceneDataset
 
 
 logger = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ def _checked_samples(
 ) -> Iterator[tuple[str, torch.Tensor | None, UnusableSampleError | None]]:
     """`(description, pixels, error)` of `num_checked` samples (pixels or error `None`): spread over a map-style
     dataset, the first of a stream."""
-    if isinstance(dataset, PretrainingDataset):
+    if isinstance(dataset, (PretrainingDataset, SceneDataset)):
         indices = np.unique(np.linspace(0, len(dataset) - 1, num=min(num_checked, len(dataset))).round().astype(int))
         for index in indices.tolist():
             try:

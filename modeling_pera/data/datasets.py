@@ -176,6 +176,12 @@ class PretrainingIterableDataset(torch.utils.data.IterableDataset):
     very end of a worker's stream are only logged). Call `set_epoch` before iterating an epoch (shuffling and views
     change with it; the epoch lives in shared memory, so persistent DataLoader workers see it).
 
+    `state_dict()` is where this process (or DataLoader worker) is in the stream: the source's shard and offset
+    (`datasets.IterableDataset.state_dict`) and the examples read; `load_state_dict` makes the next iteration of the
+    same epoch start there, reading nothing twice. [`StreamingDataLoader`] collects these states from its workers.
+    A stream shuffled through a buffer cannot resume exactly (`datasets` does not save the buffer's content), so
+    `load_state_dict` refuses it.
+
     Args:
         source (`datasets.IterableDataset`):
             The stream, e.g. `load_dataset(name, streaming=True)` or `Dataset.to_iterable_dataset(num_shards=...)`.
@@ -223,6 +229,8 @@ class PretrainingIterableDataset(torch.utils.data.IterableDataset):
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank must lie in [0, world_size={self.world_size}), got {self.rank}.")
         source = prepare_image_column(source, image_column_name)
+        self.num_shards = source.num_shards  # of the whole stream, before it is split over processes
+        self.shuffle_buffer_size = shuffle_buffer_size
         if shuffle_buffer_size:
             # Shuffle before splitting, with the same seed on every process, so that the processes split one order.
             source = source.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
@@ -237,6 +245,8 @@ class PretrainingIterableDataset(torch.utils.data.IterableDataset):
         # In shared memory, so that `set_epoch` in the main process reaches persistent DataLoader workers.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self.num_bad_samples = 0
+        self._position = (0, 0)  # (epoch, examples read in it) of the last iteration
+        self._resume_state: dict | None = None
 
     @property
     def epoch(self) -> int:
@@ -247,6 +257,35 @@ class PretrainingIterableDataset(torch.utils.data.IterableDataset):
         self._epoch.fill_(epoch)
         self.source.set_epoch(epoch)
 
+    def state_dict(self) -> dict:
+        """Where the iteration is: after the last example yielded (or before the first one); a loaded state until an
+        iteration starts from it."""
+        if self._resume_state is not None:
+            return self._resume_state
+        epoch, examples_read = self._position
+        return {
+            "epoch": self.epoch,
+            "examples_read": examples_read if epoch == self.epoch else 0,
+            "num_shards": self.source.num_shards,
+            "source": self.source.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Makes the next iteration of epoch `state["epoch"]` continue from `state` (a `state_dict()` of this stream
+        in the same process and worker of a run with the same number of processes and workers)."""
+        if self.shuffle_buffer_size:
+            raise ValueError(
+                "A stream shuffled through a buffer cannot resume exactly: `datasets` does not save the buffer's "
+                "content. Resume without shuffle_buffer_size, or restart the epoch."
+            )
+        if state["num_shards"] != self.source.num_shards:
+            raise ValueError(
+                f"The stream had {state['num_shards']} shards for rank {self.rank} when its position was saved and "
+                f"has {self.source.num_shards} now: resume on the same data (a shard was added or has disappeared)."
+            )
+        self._resume_state = state
+        self.source.load_state_dict(state["source"])
+
     def _describe(self, example: dict, position: int) -> str:
         return describe_value(example.get(self.image_column_name), f"example {position} of rank {self.rank}")
 
@@ -254,8 +293,13 @@ class PretrainingIterableDataset(torch.utils.data.IterableDataset):
         worker_info = torch.utils.data.get_worker_info()
         worker = worker_info.id if worker_info is not None else 0
         epoch = self.epoch
+        resuming = self._resume_state is not None and self._resume_state["epoch"] == epoch
+        start = self._resume_state["examples_read"] if resuming else 0
+        self._resume_state = None
+        self._position = (epoch, start)
         num_skipped = 0
-        for position, example in enumerate(self.source):
+        for position, example in enumerate(self.source, start=start):
+            self._position = (epoch, position + 1)
             try:
                 image = self.decoder(example[self.image_column_name], self._describe(example, position))
             except UnusableSampleError as error:

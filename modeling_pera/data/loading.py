@@ -5,11 +5,13 @@ DataLoader."""
 import logging
 import os
 import signal
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import datasets
 import torch
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from ..raster import IMAGE_EXTENSIONS, find_images
 from ..views import AlignedPairViews, pretraining_collate
@@ -157,6 +159,20 @@ class PretrainingDataLoader(torch.utils.data.DataLoader):
             self.dataset.set_epoch(epoch)
 
 
+class StreamingDataLoader(StatefulDataLoader, PretrainingDataLoader):
+    """
+    The DataLoader of a [`PretrainingIterableDataset`]: torchdata's `StatefulDataLoader`, whose `state_dict()` holds
+    each worker's position in the stream (and which worker's batch comes next), so that `load_state_dict` continues
+    an interrupted epoch exactly, without reading the stream again up to there. One state per process.
+    """
+
+    def __init__(self, *arguments, **keywords) -> None:
+        with warnings.catch_warnings():
+            # torchdata 0.11 calls torch.set_vital, which torch now deprecates: nothing the user can act on.
+            warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
+            super().__init__(*arguments, **keywords)
+
+
 def make_pretraining_dataloader(
     dataset: PretrainingDataset | PretrainingIterableDataset,
     batch_size: int,
@@ -174,7 +190,8 @@ def make_pretraining_dataloader(
     For a map-style dataset the order comes from a [`PretrainingSampler`] seeded with `seed` (reproducible per epoch;
     `num_replicas`/`rank` shard it for multi-process training without accelerate, whose `prepare` shards on its own).
     A streaming dataset orders and shards itself (see [`PretrainingIterableDataset`]), so `shuffle`, `num_replicas`
-    and `rank` do not apply to it. Call `dataloader.set_epoch(epoch)` before each epoch.
+    and `rank` do not apply to it; its loader is a [`StreamingDataLoader`], which saves and restores its position.
+    Call `dataloader.set_epoch(epoch)` before each epoch.
 
     Args:
         dataset ([`PretrainingDataset`] or [`PretrainingIterableDataset`]):
@@ -200,10 +217,11 @@ def make_pretraining_dataloader(
                 "A streaming dataset shards itself over processes: pass rank and world_size to "
                 "PretrainingIterableDataset instead of num_replicas here."
             )
-        sampler = None
+        loader_class, sampler = StreamingDataLoader, None
     else:
+        loader_class = PretrainingDataLoader
         sampler = PretrainingSampler(len(dataset), seed=seed, shuffle=shuffle, num_replicas=num_replicas, rank=rank)
-    return PretrainingDataLoader(
+    return loader_class(
         dataset,
         batch_size=batch_size,
         sampler=sampler,

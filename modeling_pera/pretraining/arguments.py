@@ -69,6 +69,30 @@ class PretrainingArguments:
     dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration name."})
     image_column_name: str = field(default="image", metadata={"help": "The dataset column holding the images."})
     streaming: bool = field(default=False, metadata={"help": "Stream the dataset instead of downloading it."})
+    train_scenes: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Large GeoTIFF/COG scenes (files, or folders of .tif), instead of --train_dir: each sample is a "
+            "random window read alone with rasterio (pip install 'modeling_pera[geo]')."
+        },
+    )
+    scene_window_size: int | None = field(
+        default=None, metadata={"help": "Scene pixels per side of a window (default: the model's image_size)."}
+    )
+    scene_sample_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Pixels per side a window is read at (default: the window size; smaller reads downsample "
+            "through the scenes' overviews)."
+        },
+    )
+    scene_windows_per_epoch: int | None = field(
+        default=None,
+        metadata={"help": "Windows per epoch (default: the scenes' valid area over a window's, each pixel ~once)."},
+    )
+    scene_min_valid_fraction: float = field(
+        default=0.5, metadata={"help": "Windows with a smaller share of valid pixels (not nodata/NaN) are skipped."}
+    )
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Continue from a PerA checkpoint or encoder."}
     )
@@ -233,6 +257,11 @@ class PretrainingArguments:
             numeric = [band.lstrip("-").isdigit() for band in self.bands]
             if any(numeric) and not all(numeric):
                 raise ValueError(f"--bands takes band indices or band names, not both: got {self.bands}.")
+        if self.train_scenes and (self.train_dir or self.dataset_name or self.streaming):
+            raise ValueError("--train_scenes replaces --train_dir, --dataset_name and --streaming: give one source.")
+        for name in ("scene_window_size", "scene_sample_size", "scene_windows_per_epoch"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
         if self.push_to_hub and not self.hub_model_id:  # checked now, not after hours of training
             raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/pera-vit-small-rs).")
 

@@ -3,8 +3,9 @@ What a pretraining run writes, and how it never loses what it wrote:
 
     output_dir/
         checkpoints/step_N/   resumable state: weights (with the DINO centre), optimizer, the random states of every
-                              process, trainer_state.json (step, data position, processes, batch) and manifest.json
-                              (every file's size and SHA-256, written last)
+                              process, a streamed run's position in the stream of every process (stream_state_R.pt),
+                              trainer_state.json (step, data position, processes, batch) and manifest.json (every
+                              file's size and SHA-256, written last)
         snapshots/step_N/     the encoder after N steps (--snapshot_steps)
         encoder/              the teacher as a stand-alone `PeraModel`, with the image processor and the Hub code
         model.safetensors ... the full `PeraForPreTraining` (teacher, student, heads)
@@ -32,6 +33,7 @@ from transformers import PreTrainedModel
 from transformers.image_processing_utils import ImageProcessingMixin
 from transformers.utils import logging as transformers_logging
 
+from ..data import StreamingDataLoader
 from ..image_processing_pera import PeraImageProcessor
 from ..modeling_pera import PeraForPreTraining
 
@@ -255,15 +257,28 @@ def non_finite_tensors(model: torch.nn.Module) -> list[str]:
     return [name for name, ok in zip(tensors, finite) if not ok]
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, total_limit: int) -> Path:
-    """A resumable checkpoint (model incl. the DINO centre, optimizer, random states, `state`), then the oldest ones
-    beyond `total_limit` are deleted. Collective: every process calls it."""
+def stream_state_path(checkpoint: Path, rank: int) -> Path:
+    return checkpoint / f"stream_state_{rank}.pt"
+
+
+def save_checkpoint(
+    accelerator: Accelerator,
+    output_dir: Path,
+    state: dict,
+    total_limit: int,
+    stream: StreamingDataLoader | None = None,
+) -> Path:
+    """A resumable checkpoint (model incl. the DINO centre, optimizer, random states, `state`, and the position of
+    each process in a `stream`), then the oldest ones beyond `total_limit` are deleted. Collective: every process
+    calls it."""
     checkpoints_dir = output_dir / CHECKPOINTS_DIRNAME
     target = checkpoints_dir / f"step_{state['completed_steps']}"
     with staging_folder(target, owner=accelerator.is_main_process) as staging:
         accelerator.wait_for_everyone()  # the main process has cleared the staging folder
         accelerator.save_state(str(staging))
-        accelerator.wait_for_everyone()  # every process has written its random state
+        if stream is not None:
+            torch.save(stream.state_dict(), stream_state_path(staging, accelerator.process_index))
+        accelerator.wait_for_everyone()  # every process has written its random state (and stream position)
         if accelerator.is_main_process:
             (staging / TRAINER_STATE_NAME).write_text(json.dumps({**state, "manifest": MANIFEST_NAME}, indent=2))
             write_manifest(staging)
@@ -278,15 +293,23 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, tot
 def check_resumable(checkpoint: Path, state: dict, expected: dict, allow_inexact: bool) -> None:
     """
     Refuses (or, with `allow_inexact`, warns about) a resume that would not continue the run exactly: random states
-    missing for some process, or another number of processes, batch size or accumulation than the checkpoint's run
-    (`expected` holds today's values of the keys `state` records).
+    or (streaming) stream positions missing for some process, or another number of processes, batch size,
+    accumulation or (streaming) DataLoader workers than the checkpoint's run (`expected` holds today's values of the
+    keys `state` records).
     """
     recorded_processes = state.get("num_processes", len(list(checkpoint.glob("random_states_*.pkl"))))
+    ranks = range(max(recorded_processes, 1))
     problems = [
         f"the random states of process {rank} are missing"
-        for rank in range(max(recorded_processes, 1))
+        for rank in ranks
         if not (checkpoint / f"random_states_{rank}.pkl").is_file()
     ]
+    if expected.get("streaming"):
+        problems += [
+            f"the stream position of process {rank} is missing"
+            for rank in ranks
+            if not stream_state_path(checkpoint, rank).is_file()
+        ]
     problems += [
         f"{key} was {state[key]}, now {value}"
         for key, value in expected.items()
@@ -298,7 +321,8 @@ def check_resumable(checkpoint: Path, state: dict, expected: dict, allow_inexact
     if not allow_inexact:
         raise CheckpointError(
             message + " Resume with the checkpoint's settings, or pass --allow_inexact_resume to continue anyway "
-            "(data order, views and masks will differ from an uninterrupted run)."
+            "(data order, views and masks will differ from an uninterrupted run; a stream without its saved position "
+            "restarts its epoch)."
         )
     logger.warning("%s Continuing anyway (--allow_inexact_resume).", message)
 

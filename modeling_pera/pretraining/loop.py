@@ -6,7 +6,6 @@
 calls it.
 """
 
-import itertools
 import json
 import logging
 import math
@@ -25,7 +24,10 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from ..cli import TrainingStopped
 from ..configuration_pera import PeraConfig
 from ..data import (
+    SceneDataset,
+    StreamingDataLoader,
     check_dataset,
+    find_scenes,
     load_pretraining_dataset,
     make_pretraining_dataloader,
     make_pretraining_dataset,
@@ -49,6 +51,7 @@ from .checkpoints import (
     prepare_output_dir,
     save_checkpoint,
     snapshot_directory,
+    stream_state_path,
 )
 from .monitoring import DivergenceMonitor, TrainingLog
 
@@ -93,12 +96,22 @@ class Run:
         return Path(self.arguments.output_dir)
 
     def resume_settings(self) -> dict:
-        """What a checkpoint must share with this run to continue it exactly."""
-        return {
+        """What a checkpoint must share with this run to continue it exactly (a stream's positions are per worker)."""
+        settings = {
             "num_processes": self.accelerator.num_processes,
             "per_device_train_batch_size": self.arguments.per_device_train_batch_size,
             "gradient_accumulation_steps": self.arguments.gradient_accumulation_steps,
+            "streaming": self.arguments.streaming,
         }
+        if self.arguments.streaming:
+            settings["dataloader_num_workers"] = self.arguments.dataloader_num_workers
+            settings["num_stream_shards"] = self.dataloader.dataset.num_shards
+        return settings
+
+    @property
+    def stream(self) -> StreamingDataLoader | None:
+        """The loader whose position a checkpoint records (a streamed dataset's), else None."""
+        return self.dataloader if isinstance(self.dataloader, StreamingDataLoader) else None
 
 
 class StopSignals:
@@ -240,21 +253,33 @@ def build_run(arguments: PretrainingArguments) -> Run:
 
 
 def build_dataloader(arguments: PretrainingArguments, views: AlignedPairViews, config: PeraConfig):
-    source = load_pretraining_dataset(
-        dataset_name=arguments.dataset_name,
-        dataset_config_name=arguments.dataset_config_name,
-        train_dir=arguments.train_dir,
-        image_column_name=arguments.image_column_name,
-        streaming=arguments.streaming,
-    )
-    dataset = make_pretraining_dataset(
-        source,
-        views,
-        seed=arguments.seed,
-        image_column_name=arguments.image_column_name,
-        min_image_size=config.patch_size,
-        **arguments.band_selection(),
-    )
+    if arguments.train_scenes:
+        selection = arguments.band_selection()
+        dataset = SceneDataset(
+            find_scenes(arguments.train_scenes),
+            views,
+            seed=arguments.seed,
+            window_size=arguments.scene_window_size,
+            sample_size=arguments.scene_sample_size,
+            windows_per_epoch=arguments.scene_windows_per_epoch,
+            bands=selection.get("bands", selection.get("band_order")),
+            min_valid_fraction=arguments.scene_min_valid_fraction,
+        )
+    else:
+        dataset = make_pretraining_dataset(
+            load_pretraining_dataset(
+                dataset_name=arguments.dataset_name,
+                dataset_config_name=arguments.dataset_config_name,
+                train_dir=arguments.train_dir,
+                image_column_name=arguments.image_column_name,
+                streaming=arguments.streaming,
+            ),
+            views,
+            seed=arguments.seed,
+            image_column_name=arguments.image_column_name,
+            min_image_size=config.patch_size,
+            **arguments.band_selection(),
+        )
     check_dataset(dataset)
     return make_pretraining_dataloader(
         dataset,
@@ -284,6 +309,9 @@ def resume(run: Run) -> TrainingState:
     saved = json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
     check_resumable(checkpoint, saved, run.resume_settings(), run.arguments.allow_inexact_resume)
     run.accelerator.load_state(str(checkpoint))
+    stream_state = stream_state_path(checkpoint, run.accelerator.process_index)
+    if run.stream is not None and stream_state.is_file():
+        run.stream.load_state_dict(torch.load(stream_state, weights_only=True))
     state = TrainingState(saved["completed_steps"], saved["epoch"], saved["batches_in_epoch"])
     logger.info("Resumed from %s at step %d (epoch %d, batch %d)", checkpoint, *asdict(state).values())
     return state
@@ -333,16 +361,15 @@ def train(run: Run, state: TrainingState, monitor: DivergenceMonitor, stop: Stop
 
 def batches_from(run: Run, state: TrainingState) -> Iterator[dict]:
     """The batches on the training device from the run's position on, epoch after epoch; `state.epoch` and
-    `state.batches_in_epoch` follow what was yielded, and photometry deferred to the device is applied."""
+    `state.batches_in_epoch` follow what was yielded, and photometry deferred to the device is applied. A resumed
+    stream continues from the position its loader was given in `resume`."""
     while True:
         run.dataloader.set_epoch(state.epoch)
         skipped = state.batches_in_epoch
-        if not skipped:
-            epoch_batches = run.dataloader
-        elif run.arguments.streaming:
-            epoch_batches = itertools.islice(run.dataloader, skipped, None)
-        else:
+        if skipped and run.stream is None:
             epoch_batches = run.accelerator.skip_first_batches(run.dataloader, skipped)
+        else:
+            epoch_batches = run.dataloader
         for batch in epoch_batches:
             state.batches_in_epoch += 1
             batch = {name: tensor.to(run.accelerator.device, non_blocking=True) for name, tensor in batch.items()}
@@ -416,7 +443,7 @@ def save(
         export_encoder(run.pera, run.processor, snapshot_directory(run.output_dir, state.completed_steps))
     if checkpoint:
         saved = {**asdict(state), **run.resume_settings()}
-        save_checkpoint(accelerator, run.output_dir, saved, arguments.checkpoints_total_limit)
+        save_checkpoint(accelerator, run.output_dir, saved, arguments.checkpoints_total_limit, run.stream)
         if accelerator.is_main_process:
             export_pretrained(run.pera, run.processor, run.output_dir)
     log.resume()

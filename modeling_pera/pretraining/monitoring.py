@@ -191,8 +191,9 @@ class TrainingLog:
         counts = self.read_sample_counts()
         if counts["replaced_samples"]:
             logger.warning(
-                "%d samples were unusable (unreadable, too small, wrong band count or non-finite pixels) and were "
-                "replaced by the next usable ones; the log names the first of them.",
+                "%d samples were unusable (unreadable, too small, wrong band count or non-finite pixels; for scenes, "
+                "windows with too few valid pixels) and were replaced by others; the log names the first unreadable "
+                "ones.",
                 counts["replaced_samples"],
             )
         self.report_upsampling(counts["upsampled_samples"])

@@ -1,0 +1,196 @@
+"""Pretraining from large scenes: random windows read alone (never the whole scene), through the overviews when
+downsampled, nodata windows skipped and counted, and a clear message for each bad scene."""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from modeling_pera import PeraImageProcessor, PeraModel
+from modeling_pera.data import SceneDataset, check_dataset, find_scenes, make_pretraining_dataloader
+from modeling_pera.pretraining import pretrain
+from modeling_pera.raster import RasterReadError
+from modeling_pera.views import AlignedPairViews
+from pera_testing import tiny_arguments, tiny_config
+
+
+rasterio = pytest.importorskip("rasterio", reason="the geo extra (rasterio) is not installed")
+from rasterio.enums import Resampling  # noqa: E402
+from rasterio.transform import from_origin  # noqa: E402
+from rasterio.windows import Window  # noqa: E402
+
+
+SCENE_SIZE = 8000
+BORDER = 1500  # nodata on every side: 39 % of the scene
+NODATA = 0
+
+
+def write_scene(path, size=SCENE_SIZE, border=BORDER, count=4, crs="EPSG:32633", overviews=True):
+    """A tiled, compressed uint16 GeoTIFF with overviews (a cloud-optimised layout): smooth bands of values
+    1000-1800 inside a nodata border, written a strip at a time."""
+    profile = {
+        "driver": "GTiff",
+        "width": size,
+        "height": size,
+        "count": count,
+        "dtype": "uint16",
+        "crs": crs,
+        "transform": from_origin(500_000, 5_000_000, 10, 10),
+        "nodata": NODATA,
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+        "compress": "deflate",
+        "BIGTIFF": "IF_SAFER",
+    }
+    columns = np.arange(size)
+    with rasterio.open(path, "w", **profile) as scene:
+        for top in range(0, size, 1000):
+            rows = np.arange(top, min(top + 1000, size))[:, None]
+            values = 1000 + (rows * 7 + columns[None] * 3) % 800
+            inside = (rows >= border) & (rows < size - border) & (columns >= border) & (columns < size - border)
+            strip = np.where(inside, values, NODATA).astype(np.uint16)
+            scene.write(np.stack([strip + 10 * band for band in range(count)]), window=Window(0, top, size, len(rows)))
+        if overviews:
+            scene.build_overviews([2, 4, 8, 16, 32], Resampling.average)
+    return path
+
+
+@pytest.fixture(scope="module")
+def big_scene(tmp_path_factory):
+    return write_scene(tmp_path_factory.mktemp("scenes") / "scene.tif")
+
+
+def sixteen_bit_views(global_crop_size=32, num_channels=4) -> AlignedPairViews:
+    return AlignedPairViews(
+        global_crop_size=global_crop_size,
+        local_crop_size=16,
+        num_global_crops=2,
+        num_local_crops=2,
+        image_mean=[1400.0] * num_channels,
+        image_std=[250.0] * num_channels,
+        offset=0.0,
+        rescale_factor=1.0,
+    )
+
+
+class ReadLog:
+    """Records every window rasterio is asked to read."""
+
+    def __init__(self, monkeypatch):
+        self.reads = []
+        original = rasterio.io.DatasetReader.read
+
+        def read(scene, *arguments, **keywords):
+            self.reads.append((keywords.get("window"), keywords.get("out_shape")))
+            return original(scene, *arguments, **keywords)
+
+        monkeypatch.setattr(rasterio.io.DatasetReader, "read", read)
+
+
+def test_windows_are_read_alone_through_the_overviews_and_nodata_is_skipped(big_scene, monkeypatch):
+    log = ReadLog(monkeypatch)
+    dataset = SceneDataset([big_scene], sixteen_bit_views(), seed=1, window_size=256, sample_size=32)
+    # Valid area over a window's: (8000 - 2 * 1500)^2 / 256^2 = 381, measured on the 256 px mask (edges blur).
+    assert abs(len(dataset) - 381) <= 0.05 * 381
+    samples = [dataset[(0, index)] for index in range(24)]
+    assert all(sample["student_global"].shape == (2, 4, 32, 32) for sample in samples)
+    # Each read is one 256 px window read at 32 px (GDAL takes it from the overview 8x smaller), never the scene.
+    assert len(log.reads) >= 24
+    assert all((window.width, window.height) == (256, 256) for window, _ in log.reads)
+    assert all(out_shape == (4, 32, 32) for _, out_shape in log.reads)
+    # Windows drawn in the nodata border are skipped (most without a read, on the low-resolution mask) and counted.
+    assert sum(sample["replaced"] for sample in samples) > 0
+    # The same sample twice is the same window and views: exact resume.
+    torch.testing.assert_close(dataset[(0, 5)], samples[5], rtol=0, atol=0)
+
+
+def test_a_full_resolution_window_holds_the_scene_s_pixels(big_scene):
+    dataset = SceneDataset([big_scene], sixteen_bit_views(), seed=0, window_size=64)
+    description = dataset.describe(3)
+    row, col = (int(part.split()[-1]) for part in description.split("(")[1].split(",")[:2])
+    with rasterio.open(big_scene) as scene:
+        expected = scene.read(window=Window(col, row, 64, 64)).astype(np.float32)
+    got = dataset.load_image(3)
+    valid = expected.min(0) != NODATA
+    assert valid.mean() >= 0.5 and got.dtype == torch.float32
+    np.testing.assert_array_equal(got.numpy()[:, valid], expected[:, valid])
+    assert (got.numpy()[:, ~valid] == 0).all()
+
+
+def test_pretraining_from_a_scene_trains_and_resumes_exactly(big_scene, tmp_path):
+    encoder = tmp_path / "start"
+    PeraModel(tiny_config(num_channels=4, num_local_crops=2)).save_pretrained(encoder)
+    PeraImageProcessor(
+        num_channels=4,
+        image_mean=[1400.0] * 4,
+        image_std=[250.0] * 4,
+        do_rescale=False,
+        size={"height": 32, "width": 32},
+    ).save_pretrained(encoder)
+    scenes = dict(
+        train_scenes=[str(big_scene)],
+        scene_window_size=128,
+        scene_sample_size=32,
+        model_name_or_path=str(encoder),
+        dataloader_num_workers=2,
+    )
+    full = pretrain(tiny_arguments(None, tmp_path / "full", checkpointing_steps=2, **scenes))
+    assert full["replaced_samples"] > 0  # windows in the nodata border, skipped
+    interrupted = tmp_path / "interrupted"
+    (interrupted / "checkpoints").mkdir(parents=True)
+    (tmp_path / "full" / "checkpoints" / "step_2").rename(interrupted / "checkpoints" / "step_2")
+    resumed = pretrain(tiny_arguments(None, interrupted, resume_from_checkpoint="latest", **scenes))
+    assert resumed["loss_history"] == full["loss_history"][2:]
+    expected, got = load_file(tmp_path / "full" / "model.safetensors"), load_file(interrupted / "model.safetensors")
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+
+
+def test_bad_scenes_are_refused_at_start_with_their_name(big_scene, tmp_path):
+    small = write_scene(tmp_path / "small.tif", size=512, border=0)
+    other_crs = write_scene(tmp_path / "utm32.tif", size=512, border=0, crs="EPSG:32632")
+    three_bands = write_scene(tmp_path / "rgb.tif", size=512, border=0, count=3)
+    corrupt = tmp_path / "corrupt.tif"
+    corrupt.write_bytes(small.read_bytes()[:5000])
+    views = sixteen_bit_views()
+    with pytest.raises(ValueError, match="utm32.tif is in EPSG:32632, .*small.tif in EPSG:32633"):
+        SceneDataset([small, other_crs], views)
+    with pytest.raises(ValueError, match="rgb.tif has 3 bands but the model takes 4"):
+        SceneDataset([three_bands], views)
+    with pytest.raises(ValueError, match=r"rgb.tif has 3 bands \(indices 0-2\); --bands asks for \[3\]"):
+        SceneDataset([three_bands], views, bands=[0, 1, 2, 3])
+    with pytest.raises(RasterReadError, match="corrupt.tif"):
+        SceneDataset([small, corrupt], views)
+    with pytest.raises(ValueError, match="small.tif is 512 x 512 px, smaller than a 1024 px window"):
+        SceneDataset([small], views, window_size=1024)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="No scenes"):
+        find_scenes([tmp_path / "empty"])
+    # A scene of nodata only: no window can be used, said at the start by check_dataset.
+    empty = write_scene(tmp_path / "nodata.tif", size=512, border=256)
+    with pytest.raises(RuntimeError, match="None of 100 windows of 64 px .* 50% valid pixels"):
+        check_dataset(SceneDataset([empty], views, window_size=64))
+
+
+def test_scenes_without_rasterio_say_how_to_install_it(big_scene, monkeypatch):
+    monkeypatch.setitem(sys.modules, "rasterio", None)
+    with pytest.raises(ImportError, match=r"pip install 'modeling_pera\[geo\]'"):
+        SceneDataset([big_scene], sixteen_bit_views())
+
+
+def test_scene_windows_load_in_dataloader_workers(big_scene):
+    dataset = SceneDataset([big_scene], sixteen_bit_views(), window_size=128, sample_size=32, windows_per_epoch=8)
+    check_dataset(dataset)  # reads in this process first, as a run does: forked workers must open their own files
+    loader = make_pretraining_dataloader(dataset, batch_size=4, num_workers=2)
+    loader.set_epoch(0)
+    batches = list(loader)
+    assert len(batches) == 2 and batches[0]["student_global_pixel_values"].shape == (2, 4, 4, 32, 32)
+    in_main = [dataset[(0, index)]["student_global"] for index in range(8)]
+    order = list(loader.sampler)
+    by_index = {index: position for position, (_, index) in enumerate(order)}
+    stacked = torch.cat([batch["student_global_pixel_values"] for batch in batches], dim=1)
+    for index, views in enumerate(in_main):
+        torch.testing.assert_close(stacked[:, by_index[index]], views, rtol=0, atol=0)
