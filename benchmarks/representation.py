@@ -2,7 +2,7 @@
 """Representation quality at an equal wall-clock budget: PerA against full-view DINO, transformers' ViTMAE and a
 random-init encoder, pretrained on the same unlabeled images with the same backbone and crops.
 
-    python benchmarks/representation.py                  # CPU: ViT-Tiny/8 at 64/32 px, about 60 minutes on 2 cores
+    python benchmarks/representation.py                  # CPU: ViT-Tiny/8, 4 blocks, 64/32 px, ~40 min on 2 cores
     python benchmarks/representation.py --setting cuda   # GPU: ViT-S/16 at 224/96 px, fits a 15-minute session
 
 Methods:
@@ -77,6 +77,7 @@ def seeds_table(reports: list[dict], paths: list[Path]) -> str:
         [
             method,
             f"{statistics.fmean(report['methods'][method].get('steps', 0) for report in reports):.0f}",
+            " / ".join(f"{report['methods'][method].get('train_seconds', 0):.0f}" for report in reports),
             *(mean_and_spread([final[probe] for final in finals[method]]) for probe in probes),
         ]
         for method in finals
@@ -84,6 +85,7 @@ def seeds_table(reports: list[dict], paths: list[Path]) -> str:
     rows += [
         [
             f"**PerA - {method}**",
+            "",
             "",
             *(
                 mean_and_spread([pera[probe] - other[probe] for pera, other in zip(finals["pera"], finals[method])])
@@ -102,7 +104,8 @@ def seeds_table(reports: list[dict], paths: list[Path]) -> str:
         + ", ".join(f"`{path}`" for path in paths)
         + "."
     )
-    return header + "\n\n" + markdown_table(["method", "steps", *(PROBES[probe] for probe in probes)], rows)
+    columns = ["method", "steps (mean)", "training time per seed (s)", *(PROBES[probe] for probe in probes)]
+    return header + "\n\n" + markdown_table(columns, rows)
 
 
 def plot(report: dict, path: Path) -> None:

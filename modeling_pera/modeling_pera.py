@@ -418,6 +418,13 @@ class PeraForPreTraining(PeraPreTrainedModel):
         return predicted_pixels, pixel_loss(predicted_pixels, target_pixels, self.config.normalize_pixel_targets)
 
     @can_return_tuple
+    def _weighted_loss(self, dino_loss: torch.Tensor, koleo: torch.Tensor, pixel: torch.Tensor) -> torch.Tensor:
+        return (
+            self.config.dino_loss_weight * dino_loss
+            + self.config.koleo_loss_weight * koleo
+            + self.config.pixel_loss_weight * pixel
+        )
+
     def forward(
         self,
         student_global_pixel_values: torch.Tensor,
@@ -482,11 +489,7 @@ class PeraForPreTraining(PeraPreTrainedModel):
             global_output.last_hidden_state, student_global_pixel_values, global_predicted_index
         )
         center_norm = torch.linalg.vector_norm(self.center)
-        loss = (
-            self.config.dino_loss_weight * dino_loss
-            + self.config.koleo_loss_weight * koleo
-            + self.config.pixel_loss_weight * pixel
-        )
+        loss = self._weighted_loss(dino_loss, koleo, pixel)
         if self.training and self.config.teacher_centering == "center":
             self.center.copy_(updated_dino_center(self.center, teacher_logits, self.config.center_momentum))
 

@@ -74,9 +74,10 @@ def test_representation_benchmark_trains_and_evaluates_every_method(tmp_path):
     assert summary.returncode == 0
     text = markdown.read_text()
     pera_knn = 100 * report["methods"]["pera"]["final"]["knn_top1"]
-    assert f"| pera | {report['methods']['pera']['steps']} | {pera_knn:.1f} ± 0.0 |" in text
+    seconds = f"{report['methods']['pera']['train_seconds']:.0f}"
+    assert f"| pera | {report['methods']['pera']['steps']} | {seconds} / {seconds} | {pera_knn:.1f} ± 0.0 |" in text
     margin = 100 * (report["methods"]["pera"]["final"]["knn_top1"] - report["methods"]["mae"]["final"]["knn_top1"])
-    assert f"| **PerA - mae** |  | {margin:.1f} ± 0.0 |" in text
+    assert f"| **PerA - mae** |  |  | {margin:.1f} ± 0.0 |" in text
 
 
 def test_step_benchmark_measures_every_variant_on_cpu(tmp_path):

@@ -89,9 +89,9 @@ def test_a_signal_at_a_checkpoint_step_writes_no_second_checkpoint(images, tmp_p
     saves = []
     save_checkpoint = loop.save_checkpoint
 
-    def recorded_save(accelerator, output_dir, state, total_limit):
+    def recorded_save(accelerator, output_dir, state, *arguments):
         saves.append(state["completed_steps"])
-        return save_checkpoint(accelerator, output_dir, state, total_limit)
+        return save_checkpoint(accelerator, output_dir, state, *arguments)
 
     monkeypatch.setattr(loop, "save_checkpoint", recorded_save)
     with pytest.raises(TrainingStopped):
