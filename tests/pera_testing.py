@@ -68,6 +68,17 @@ def write_random_tiffs(folder: Path, count: int, shape: tuple[int, ...], dtype: 
     return folder
 
 
+# The code files a saved model folder carries (the Hub code), for tests that check a folder is complete.
+HUB_FILES = (
+    "configuration_pera.py",
+    "modeling_pera.py",
+    "layers_pera.py",
+    "losses_pera.py",
+    "image_processing_pera.py",
+    "bands_pera.py",
+)
+
+
 # The tiny model of the pretraining tests: 2 local crops keep a step short.
 TINY_MODEL = tiny_config_overrides(num_local_crops=2)
 

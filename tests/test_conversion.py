@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from modeling_pera import PeraForPreTraining, PeraModel
 from modeling_pera.conversion import convert_pera_checkpoint, load_reference_state_dict, reference_to_pera
 from modeling_pera.image_processing_pera import PERA_RGB_MEAN, PERA_RGB_STD
+from pera_testing import HUB_FILES
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -217,15 +218,7 @@ def test_config_and_processor_of_the_converted_folder(converted):
         assert processor["image_mean"] == pytest.approx(PERA_RGB_MEAN)
         assert processor["image_std"] == pytest.approx(PERA_RGB_STD)
         assert processor["size"] == {"height": 448, "width": 448}
-        for name in (
-            "configuration_pera.py",
-            "modeling_pera.py",
-            "layers_pera.py",
-            "losses_pera.py",
-            "image_processing_pera.py",
-            "bands_pera.py",
-            "model.safetensors",
-        ):
+        for name in (*HUB_FILES, "model.safetensors"):
             assert (folder / name).is_file(), name
 
 

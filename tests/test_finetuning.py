@@ -23,7 +23,7 @@ from modeling_pera.finetuning import (
     parameter_depth,
 )
 from modeling_pera.pretraining import pretrain
-from pera_testing import run_without_package, tiny_arguments, tiny_config
+from pera_testing import HUB_FILES, run_without_package, tiny_arguments, tiny_config
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -201,15 +201,7 @@ def test_trainer_fine_tuning_separates_the_classes(finetuned):
     config = json.loads((finetuned / "config.json").read_text())
     assert config["architectures"] == ["PeraForImageClassification"] and config["drop_path_rate"] == 0.0
     assert config["id2label"] == {"0": "forest", "1": "urban", "2": "water"}
-    for name in (
-        "modeling_pera.py",
-        "layers_pera.py",
-        "losses_pera.py",
-        "configuration_pera.py",
-        "image_processing_pera.py",
-        "bands_pera.py",
-        "preprocessor_config.json",
-    ):
+    for name in (*HUB_FILES, "preprocessor_config.json"):
         assert (finetuned / name).is_file(), name
 
 

@@ -8,17 +8,7 @@ import torch
 
 from modeling_pera import PeraForPreTraining, PeraImageProcessor
 from modeling_pera.configuration_pera import PERA_AUTO_MAP
-from pera_testing import run_without_package, tiny_config
-
-
-HUB_FILES = (
-    "configuration_pera.py",
-    "modeling_pera.py",
-    "layers_pera.py",
-    "losses_pera.py",
-    "image_processing_pera.py",
-    "bands_pera.py",
-)
+from pera_testing import HUB_FILES, run_without_package, tiny_config
 
 
 def save_checkpoint(directory):

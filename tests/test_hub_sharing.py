@@ -16,17 +16,7 @@ from modeling_pera import PeraForPreTraining, PeraImageProcessor
 from modeling_pera.hub import probe_results_from_evaluation, push_folder_to_hub, write_model_card
 from modeling_pera.image_processing_pera import SENTINEL2_L2A_BANDS, SENTINEL2_L2A_MEAN, SENTINEL2_L2A_STD
 from modeling_pera.pretraining import PretrainingArguments, export_pretrained, push_encoder
-from pera_testing import run_without_package, tiny_config
-
-
-HUB_FILES = (
-    "configuration_pera.py",
-    "modeling_pera.py",
-    "layers_pera.py",
-    "losses_pera.py",
-    "image_processing_pera.py",
-    "bands_pera.py",
-)
+from pera_testing import HUB_FILES, run_without_package, tiny_config
 
 
 @pytest.fixture
