@@ -12,8 +12,9 @@ Methods:
 - `mae`: `ViTMAEForPreTraining` with the same encoder (`modeling_pera.baselines`), one global crop per image;
 - `random_init`: the PerA encoder with random weights (the floor, and each curve's point at time 0).
 
-Each method first measures its steady-state step time (a short calibration run), then trains for as many steps as fit
-the budget (its schedules laid out over them), saving the encoder at evenly spaced steps (see budgeted.py). Every
+Each method first measures its steady-state step time (a short calibration run), then trains until its training time
+reaches the budget (its schedules laid out over a little more than the steps that fit; see budgeted.py), saving the
+encoder at evenly spaced steps. Every
 saved encoder is evaluated with 20-NN on UC Merced (CLS features, stratified 50/50 split) and the final ones also
 with the linear probe and, with --segmentation, the GID-MTL5 segmentation probe. Writes JSON, a markdown table into docs/benchmarks.md and a plot of
 kNN accuracy against pretraining time.
@@ -199,6 +200,7 @@ def train_and_evaluate(method: str, setting: dict, folders: list[str], arguments
     curve.append({"step": run["steps"], "train_seconds": run["train_seconds"], "knn_top1": final["knn_top1"]})
     return {
         "steps": run["steps"],
+        "planned_steps": run["planned_steps"],
         "train_seconds": run["train_seconds"],
         "calibrated_seconds_per_step": run["seconds_per_step"],
         "final": final,

@@ -215,6 +215,7 @@ def main():
                         "config": config_name,
                         "seed": seed,
                         "steps": run["steps"],
+                        "planned_steps": run["planned_steps"],
                         "train_seconds": run["train_seconds"],
                         "calibrated_seconds_per_step": run["seconds_per_step"],
                         "final": final,

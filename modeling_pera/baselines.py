@@ -118,13 +118,16 @@ def pretrain_mae(
     device: str | torch.device = "cpu",
     snapshot_steps: tuple[int, ...] = (),
     logging_steps: int = 10,
+    max_train_minutes: float | None = None,
 ) -> dict:
     """
     Pretrains `model` with MAE's recipe (AdamW betas 0.9/0.95, weight decay 0.05, lr warm-up then cosine, bf16
     autocast on CUDA) on PerA's data pipeline: one global crop per image, PerA's crop sizes and scales, its lightly
     jittered teacher view. Saves the model and `processor` to `output_dir/snapshots/step_N` at `snapshot_steps` and to
     `output_dir/encoder` at the end, staged and only with finite weights (else [`~pretraining.TrainingDivergedError`]).
-    Returns `completed_steps`, `train_seconds` (snapshots excluded), `loss_history` (every `logging_steps` steps) and
+    With `max_train_minutes`, stops (and saves `encoder`) once that much training time has passed, as
+    `--max_train_minutes` does for PerA; the schedule stays laid out over `total_steps`. Returns `completed_steps`,
+    `train_seconds` (snapshots excluded), `stopped_by_time_limit`, `loss_history` (every `logging_steps` steps) and
     `images_per_second` (of the last logging interval).
     """
     output_dir = Path(output_dir)
@@ -142,10 +145,11 @@ def pretrain_mae(
     # the loss's finiteness is recorded on the device every step and read before every log and save
     monitor = DivergenceMonitor(None, 0, str(output_dir), loss_terms=("loss",), resumable=False, device=device)
     progress = tqdm(total=total_steps, desc="MAE pretraining", unit="step")
-    summary: dict = {"loss_history": []}
+    summary: dict = {"loss_history": [], "stopped_by_time_limit": False}
+    last_step = total_steps
     completed_steps, epoch, train_seconds, started = 0, 0, 0.0, time.perf_counter()
     log_started = started
-    while completed_steps < total_steps:
+    while completed_steps < last_step:
         dataloader.set_epoch(epoch)
         for batch in dataloader:
             batch = {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
@@ -162,7 +166,11 @@ def pretrain_mae(
             optimizer.zero_grad(set_to_none=True)
             completed_steps += 1
             progress.update(1)
-            if completed_steps % logging_steps == 0 or completed_steps == total_steps:
+            elapsed = train_seconds + time.perf_counter() - started
+            if max_train_minutes is not None and elapsed >= 60 * max_train_minutes and completed_steps < last_step:
+                summary["stopped_by_time_limit"] = True
+                last_step = completed_steps  # the clock ends the run here
+            if completed_steps % logging_steps == 0 or completed_steps == last_step:
                 monitor.check()
                 value = float(loss.detach())
                 summary["loss_history"].append((completed_steps, value))
@@ -170,14 +178,14 @@ def pretrain_mae(
                 summary["images_per_second"] = interval_steps * batch_size / (time.perf_counter() - log_started)
                 log_started = time.perf_counter()
                 progress.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
-            if completed_steps in snapshot_steps or completed_steps == total_steps:
+            if completed_steps in snapshot_steps or completed_steps == last_step:
                 train_seconds += time.perf_counter() - started
-                final = completed_steps == total_steps
+                final = completed_steps == last_step
                 target = output_dir / "encoder" if final else snapshot_directory(output_dir, completed_steps)
                 monitor.check(model)
                 save_model_folder(model, processor, target)
                 started = time.perf_counter()
-            if completed_steps >= total_steps:
+            if completed_steps >= last_step:
                 break
         epoch += 1
     progress.close()

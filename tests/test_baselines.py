@@ -101,3 +101,22 @@ def test_pretrain_mae_refuses_a_diverged_loss(tmp_path):
         )
     assert not (tmp_path / "mae" / "encoder").exists()
     assert not (tmp_path / "mae" / "snapshots").exists()
+
+
+def test_pretrain_mae_stops_on_the_clock_and_saves_its_encoder(tmp_path):
+    pera_config = tiny_config()
+    processor = PeraImageProcessor.from_preset("pera-rgb", size={"height": 32, "width": 32})
+    summary = pretrain_mae(
+        build_mae(mae_config_from_pera(pera_config)),
+        pera_config,
+        processor,
+        train_dir=[str(write_images(tmp_path / "images"))],
+        output_dir=tmp_path / "mae",
+        total_steps=1000,
+        batch_size=4,
+        num_workers=0,
+        max_train_minutes=1e-9,  # over after the first step
+    )
+    assert summary["stopped_by_time_limit"] and summary["completed_steps"] == 1
+    assert [step for step, _ in summary["loss_history"]] == [1]
+    assert type(load_encoder(tmp_path / "mae" / "encoder")[0]).__name__ == "ViTMAEModel"

@@ -153,6 +153,33 @@ def test_resume_reaches_the_same_weights_and_losses(tmp_path):
     assert torch.count_nonzero(got["center"]) > 0
 
 
+def test_the_clock_ends_a_run_within_its_schedule_and_counts_across_resumes(tmp_path):
+    images = write_rgb_images(tmp_path / "images")
+    pretrain(tiny_arguments(images, tmp_path / "full", checkpointing_steps=2))
+    interrupted = tmp_path / "interrupted"  # a run stopped after step 2
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "step_2", interrupted / "checkpoints" / "step_2")
+    saved = json.loads((interrupted / "checkpoints" / "step_2" / "trainer_state.json").read_text())
+    assert saved["train_seconds"] > 0
+    # Resumed with a limit the saved training time already exceeds: one more step, then the export.
+    resumed = pretrain(
+        tiny_arguments(
+            images, interrupted, resume_from_checkpoint="latest", max_train_minutes=saved["train_seconds"] / 120
+        )
+    )
+    assert resumed["stopped_by_time_limit"] and resumed["completed_steps"] == 3
+    assert resumed["train_seconds"] > saved["train_seconds"]
+    # The schedules stay laid out over --max_train_steps: step 3 of 4 has the lr of the 4-step run.
+    arguments = tiny_arguments(images, tmp_path / "unused")
+    schedule = PretrainingSchedule.from_arguments(arguments, total_steps=4)
+    assert resumed["learning_rate"] == pytest.approx(schedule.at(2).learning_rate)
+    assert (interrupted / "encoder" / "model.safetensors").is_file()
+
+
+def test_max_train_minutes_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="--max_train_minutes must be a positive number, got 0"):
+        tiny_arguments(None, tmp_path, max_train_minutes=0)
+
+
 def write_parquet_shards(folder: Path, num_shards: int = 4, per_shard: int = 3) -> Path:
     """`num_shards` parquet files of `per_shard` random PNG images each: a stream of `num_shards` shards."""
     folder.mkdir(parents=True)

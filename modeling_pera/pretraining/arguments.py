@@ -132,6 +132,15 @@ class PretrainingArguments:
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Images per device and step."})
     num_train_epochs: int = field(default=100, metadata={"help": "Epochs, unless --max_train_steps is given."})
     max_train_steps: int | None = field(default=None, metadata={"help": "Total optimizer steps; overrides epochs."})
+    max_train_minutes: float | None = field(
+        default=None,
+        metadata={
+            "help": "Also stop when the training time (checkpoints and exports not counted; kept across resumes) "
+            "reaches this many minutes, and export the model as at the end. The schedules stay laid out over "
+            "--max_train_steps (or the epochs): give the steps you expect in that time. With several processes, "
+            "checked at logging steps."
+        },
+    )
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
     learning_rate: float | None = field(
         default=None, metadata={"help": "Peak learning rate, not scaled by batch size (default: the recipe's)."}
@@ -224,6 +233,10 @@ class PretrainingArguments:
         for name in at_least_one:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
+        if self.max_train_minutes is not None and not (
+            math.isfinite(self.max_train_minutes) and self.max_train_minutes > 0
+        ):
+            raise ValueError(f"--max_train_minutes must be a positive number, got {self.max_train_minutes}.")
         if self.dataloader_num_workers < 0:
             raise ValueError(f"--dataloader_num_workers must be 0 or more, got {self.dataloader_num_workers}.")
         for name in ("learning_rate", "max_grad_norm"):

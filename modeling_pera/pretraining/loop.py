@@ -66,6 +66,7 @@ class TrainingState:
     completed_steps: int = 0
     epoch: int = 0
     batches_in_epoch: int = 0  # batches of `epoch` already consumed
+    train_seconds: float = 0.0  # training time so far, checkpoints and exports excluded (for --max_train_minutes)
 
 
 @dataclass
@@ -145,14 +146,19 @@ class StopSignals:
         )
 
     def agreed(self, accelerator: Accelerator, synchronising: bool) -> bool:
-        """Whether every process stops now. One process decides alone; several agree at steps where they
-        synchronise anyway (logging and saving), so that no step pays for a collective."""
-        if accelerator.num_processes == 1:
-            return self.received is not None
-        if not synchronising:
-            return False
-        flag = torch.tensor(float(self.received is not None), device=accelerator.device)
-        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+        """Whether every process stops now for a signal (see [`agreed`])."""
+        return agreed(accelerator, self.received is not None, synchronising)
+
+
+def agreed(accelerator: Accelerator, wanted: bool, synchronising: bool) -> bool:
+    """Whether every process stops now, when some `wanted` to. One process decides alone; several agree at steps where
+    they synchronise anyway (logging and saving), so that no step pays for a collective."""
+    if accelerator.num_processes == 1:
+        return wanted
+    if not synchronising:
+        return False
+    flag = torch.tensor(float(wanted), device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
 
 
 def pretrain(arguments: PretrainingArguments) -> dict:
@@ -312,8 +318,17 @@ def resume(run: Run) -> TrainingState:
     stream_state = stream_state_path(checkpoint, run.accelerator.process_index)
     if run.stream is not None and stream_state.is_file():
         run.stream.load_state_dict(torch.load(stream_state, weights_only=True))
-    state = TrainingState(saved["completed_steps"], saved["epoch"], saved["batches_in_epoch"])
-    logger.info("Resumed from %s at step %d (epoch %d, batch %d)", checkpoint, *asdict(state).values())
+    # checkpoints written before --max_train_minutes existed have no training time
+    state = TrainingState(
+        saved["completed_steps"], saved["epoch"], saved["batches_in_epoch"], saved.get("train_seconds", 0.0)
+    )
+    logger.info(
+        "Resumed from %s at step %d (epoch %d, batch %d)",
+        checkpoint,
+        state.completed_steps,
+        state.epoch,
+        state.batches_in_epoch,
+    )
     return state
 
 
@@ -322,7 +337,12 @@ def train(run: Run, state: TrainingState, monitor: DivergenceMonitor, stop: Stop
     requested stop."""
     arguments, accelerator = run.arguments, run.accelerator
     log = TrainingLog(
-        accelerator, run.total_steps, state.completed_steps, arguments.logging_steps, arguments.with_tracking
+        accelerator,
+        run.total_steps,
+        state.completed_steps,
+        arguments.logging_steps,
+        arguments.with_tracking,
+        state.train_seconds,
     )
     logger.info(
         "PerA pretraining: %d steps, global batch %d, %s, %d processes, mixed precision %s",
@@ -354,9 +374,18 @@ def train(run: Run, state: TrainingState, monitor: DivergenceMonitor, stop: Stop
         saved = save_due(run, state, monitor, log)
         if state.completed_steps >= run.total_steps:
             break
+        if time_is_up(run, log, synchronising=log_due or saved):
+            log.summary["stopped_by_time_limit"] = True
+            break
         if stop.agreed(accelerator, synchronising=log_due or saved):
             stop_run(run, state, monitor, log, stop.received, saved)
     return log.finish(state.completed_steps)
+
+
+def time_is_up(run: Run, log: TrainingLog, synchronising: bool) -> bool:
+    """Whether --max_train_minutes of training time have passed (on every process: see [`agreed`])."""
+    limit = run.arguments.max_train_minutes
+    return limit is not None and agreed(run.accelerator, log.training_seconds() >= 60 * limit, synchronising)
 
 
 def batches_from(run: Run, state: TrainingState) -> Iterator[dict]:
@@ -438,6 +467,7 @@ def save(
     arguments, accelerator = run.arguments, run.accelerator
     monitor.check(run.pera)
     log.pause()
+    state.train_seconds = log.train_seconds
     accelerator.wait_for_everyone()
     if snapshot and accelerator.is_main_process:
         export_encoder(run.pera, run.processor, snapshot_directory(run.output_dir, state.completed_steps))

@@ -104,7 +104,13 @@ class TrainingLog:
     of replaced and of upsampled samples (warned about once), and the run's summary."""
 
     def __init__(
-        self, accelerator: Accelerator, total_steps: int, completed_steps: int, logging_steps: int, tracking: bool
+        self,
+        accelerator: Accelerator,
+        total_steps: int,
+        completed_steps: int,
+        logging_steps: int,
+        tracking: bool,
+        train_seconds: float = 0.0,
     ):
         self.accelerator = accelerator
         self.total_steps = total_steps
@@ -117,14 +123,14 @@ class TrainingLog:
             desc="pretraining",
             unit="step",
         )
-        self.summary: dict = {"images_per_second": None, "loss_history": []}
+        self.summary: dict = {"images_per_second": None, "loss_history": [], "stopped_by_time_limit": False}
         # Running totals on the device, read at logging steps only (no host sync per step)
         self.sample_counts = {
             name: torch.zeros((), dtype=torch.long, device=accelerator.device) for name in SAMPLE_COUNTS
         }
         self.upsampling_reported = False
         self.images_since_log, self.log_started = 0, time.perf_counter()
-        self.train_seconds, self.train_started = 0.0, time.perf_counter()
+        self.train_seconds, self.train_started = train_seconds, time.perf_counter()
 
     def count_batch(self, batch: dict, num_images: int) -> dict:
         """Counts the batch's images, its replaced and its upsampled samples; returns the batch without the counts."""
@@ -184,6 +190,10 @@ class TrainingLog:
 
     def resume(self) -> None:
         self.train_started = time.perf_counter()
+
+    def training_seconds(self) -> float:
+        """The training time so far, the current stretch included."""
+        return self.train_seconds + time.perf_counter() - self.train_started
 
     def finish(self, completed_steps: int) -> dict:
         self.progress.close()
