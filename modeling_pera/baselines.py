@@ -103,6 +103,29 @@ def _mae_data(
     return views, make_pretraining_dataloader(dataset, batch_size=batch_size, num_workers=num_workers, seed=seed)
 
 
+def _mae_step(
+    model: ViTMAEForPreTraining,
+    optimizer: torch.optim.Optimizer,
+    views: AlignedPairViews,
+    batch: dict,
+    lr: float,
+    device: torch.device,
+    monitor: DivergenceMonitor,
+) -> torch.Tensor:
+    """One optimizer step of MAE on the batch's global crop at learning rate `lr`; returns the loss."""
+    batch = {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
+    pixel_values = views.finish_batch(batch)["teacher_global_pixel_values"][0]
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        outputs = model(pixel_values=pixel_values)
+    monitor.record(outputs)
+    outputs.loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return outputs.loss
+
+
 def pretrain_mae(
     model: ViTMAEForPreTraining,
     pera_config: PeraConfig,
@@ -152,18 +175,8 @@ def pretrain_mae(
     while completed_steps < last_step:
         dataloader.set_epoch(epoch)
         for batch in dataloader:
-            batch = {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
-            pixel_values = views.finish_batch(batch)["teacher_global_pixel_values"][0]
             lr = schedule.at(completed_steps).learning_rate
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                outputs = model(pixel_values=pixel_values)
-            monitor.record(outputs)
-            loss = outputs.loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss = _mae_step(model, optimizer, views, batch, lr, device, monitor)
             completed_steps += 1
             progress.update(1)
             elapsed = train_seconds + time.perf_counter() - started

@@ -156,7 +156,10 @@ def _bands_section(config: PeraConfig, processor: PeraImageProcessor) -> str:
     steps.append("normalises each band with the mean and standard deviation above")
     if len(steps) > 1:
         steps[-2:] = [f"{steps[-2]} and {steps[-1]}"]
-    return f"{bands}\n\nThe image processor {', '.join(steps)}."
+    pixel_size = ""
+    if processor.ground_sampling_distance is not None:
+        pixel_size = f" The pretraining images have {processor.ground_sampling_distance:g} m per pixel."
+    return f"{bands}\n\nThe image processor {', '.join(steps)}.{pixel_size}"
 
 
 def write_model_card(

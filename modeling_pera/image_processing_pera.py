@@ -78,7 +78,7 @@ _TORCH_DTYPES = (
 _UNSUPPORTED_OPTIONS = ("do_center_crop", "crop_size", "do_pad", "pad_size", "do_convert_rgb", "data_format")
 
 # Options that can be overridden per call of `preprocess`. The band layout (`num_channels`, `band_names`,
-# `wavelengths`) belongs to the processor and is fixed.
+# `wavelengths`) and the pixel size (`ground_sampling_distance`) belong to the processor and are fixed.
 _PREPROCESS_OPTIONS = (
     "do_resize",
     "size",
@@ -92,7 +92,7 @@ _PREPROCESS_OPTIONS = (
 )
 
 # Every option this processor implements.
-_PROCESSOR_OPTIONS = _PREPROCESS_OPTIONS + ("num_channels", "band_names", "wavelengths")
+_PROCESSOR_OPTIONS = _PREPROCESS_OPTIONS + ("num_channels", "band_names", "wavelengths", "ground_sampling_distance")
 
 # Keys transformers itself writes to `preprocessor_config.json` (now or in older versions) besides the options.
 _SERVICE_KEYS = ("image_processor_type", "auto_map", "processor_class", "feature_extractor_type")
@@ -109,12 +109,16 @@ class PeraImageProcessorKwargs(ImagesKwargs, total=False):
         Name of each band, in the order of the image's band axis. Defaults to `["red", "green", "blue"]` for 3 bands.
     wavelengths (`list[float]`, *optional*):
         Central wavelength of each band, in micrometres.
+    ground_sampling_distance (`float`, *optional*):
+        Metres on the ground per pixel of the images the model was pretrained on (for large scenes, of the windows as
+        read). Recorded for users and shown in the model card; the processor does not resample by it.
     """
 
     offset: float | None
     num_channels: int | None
     band_names: list[str] | None
     wavelengths: list[float] | None
+    ground_sampling_distance: float | None
 
 
 def _as_float_list(values: Any) -> Any:
@@ -122,6 +126,13 @@ def _as_float_list(values: Any) -> Any:
     if isinstance(values, (Sequence, np.ndarray, torch.Tensor)) and not isinstance(values, str):
         return [float(value) for value in values]
     return values
+
+
+def _as_number(value: Any) -> Any:
+    """An int or float as a float (None and anything else as is, for validation to reject)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def _as_per_band_list(values: Any, num_channels: int) -> Any:
@@ -167,6 +178,8 @@ class PeraImageProcessor(BaseImageProcessor):
             Name of each band. Defaults to `["red", "green", "blue"]` when `num_channels` is 3, else `None`.
         wavelengths (`list[float]`, *optional*):
             Central wavelength of each band in micrometres.
+        ground_sampling_distance (`float`, *optional*):
+            Metres on the ground per pixel of the pretraining images (see [`PeraImageProcessorKwargs`]).
 
     Example:
 
@@ -196,6 +209,7 @@ class PeraImageProcessor(BaseImageProcessor):
     num_channels = 3
     band_names = None
     wavelengths = None
+    ground_sampling_distance = None
 
     def __init__(self, **kwargs: Unpack[PeraImageProcessorKwargs]) -> None:
         for name in _UNSUPPORTED_OPTIONS:
@@ -252,6 +266,7 @@ class PeraImageProcessor(BaseImageProcessor):
         resample: int | None = None,
         rescale_factor: float | None = None,
         offset: float | None = None,
+        ground_sampling_distance: float | None = None,
         **kwargs,
     ) -> dict:
         """
@@ -273,6 +288,7 @@ class PeraImageProcessor(BaseImageProcessor):
             resample=int(resample) if resample is not None else None,
             rescale_factor=float(rescale_factor) if rescale_factor is not None else None,
             offset=float(offset) if offset is not None else None,
+            ground_sampling_distance=_as_number(ground_sampling_distance),
         )
         return kwargs
 
@@ -289,6 +305,7 @@ class PeraImageProcessor(BaseImageProcessor):
         do_rescale: bool | None = None,
         rescale_factor: float | None = None,
         offset: float | None = None,
+        ground_sampling_distance: float | None = None,
         **kwargs,
     ) -> None:
         """Checks that the band layout and the statistics agree, and that every option has a usable value."""
@@ -335,12 +352,22 @@ class PeraImageProcessor(BaseImageProcessor):
             )
         if offset is None or not math.isfinite(offset):
             raise ValueError(f"`offset` must be a finite number, got {offset!r}.")
+        if ground_sampling_distance is not None and not (
+            isinstance(ground_sampling_distance, float)
+            and math.isfinite(ground_sampling_distance)
+            and ground_sampling_distance > 0
+        ):
+            raise ValueError(
+                f"`ground_sampling_distance` must be a positive number of metres per pixel, got "
+                f"{ground_sampling_distance!r}."
+            )
 
     def preprocess(
         self,
         images: Any,
         return_tensors: str | None = "pt",
         input_data_format: str | None = None,
+        input_band_names: Sequence[str] | None = None,
         **kwargs: Unpack[PeraImageProcessorKwargs],
     ) -> BatchFeature:
         """
@@ -360,6 +387,11 @@ class PeraImageProcessor(BaseImageProcessor):
             input_data_format (`str`, *optional*):
                 `"channels_first"` or `"channels_last"` for 3-D arrays and tensors. Inferred from `num_channels` when
                 unset; required when both the first and the last axis have `num_channels` entries.
+            input_band_names (`Sequence[str]`, *optional*):
+                The name of each band of the images, in their order (e.g. all 13 Sentinel-2 L1C bands, or B02 B03 B04
+                for a red-green-blue processor): the processor's `band_names` are picked from them and put in the
+                processor's order; a band the processor needs and the images lack is an error that names it. Unset:
+                the images must have the processor's bands, in its order.
             kwargs:
                 Per-call values of `do_resize`, `size`, `resample`, `do_rescale`, `rescale_factor`, `offset`,
                 `do_normalize`, `image_mean` and `image_std`.
@@ -384,10 +416,13 @@ class PeraImageProcessor(BaseImageProcessor):
         options.update({name: value for name, value in kwargs.items() if value is not None})
         options = self._standardize_kwargs(**options)
         self._validate_preprocess_kwargs(**options)
+        input_band_names, band_order = self._band_order(input_band_names)
 
         pixel_values = []
         for index, image in enumerate(self._flatten_images(images)):
-            tensor, is_float = self._to_channels_first(image, index, input_data_format)
+            tensor, is_float = self._to_channels_first(image, index, input_data_format, input_band_names)
+            if band_order is not None:
+                tensor = tensor[band_order]
             rescale = self._rescales(tensor, is_float, index, options)
             pixel_values.append(self._transform(tensor, **{**options, "do_rescale": rescale}))
         if return_tensors is not None:
@@ -400,6 +435,31 @@ class PeraImageProcessor(BaseImageProcessor):
                 )
             pixel_values = torch.stack(pixel_values)
         return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=return_tensors)
+
+    def _band_order(self, input_band_names: Sequence[str] | None) -> tuple[list[str], list[int] | None]:
+        """The band names the images have (the processor's when not given), and where each of the processor's bands
+        is among them (None when they are the processor's, in its order)."""
+        if input_band_names is None:
+            return self.band_names, None
+        if isinstance(input_band_names, str):
+            raise ValueError(f"`input_band_names` must be a list of band names, got the string {input_band_names!r}.")
+        input_band_names = [str(name) for name in input_band_names]
+        if self.band_names is None:
+            raise ValueError(
+                "`input_band_names` was given, but this processor has no `band_names` to match them with: save the "
+                "processor with the names of its bands (e.g. from a preset), or leave `input_band_names` out."
+            )
+        if len(set(input_band_names)) != len(input_band_names):
+            raise ValueError(f"`input_band_names` must be unique, got {input_band_names}.")
+        missing = [name for name in self.band_names if name not in input_band_names]
+        if missing:
+            raise ValueError(
+                f"This processor expects the bands {self.band_names} (in this order), but the images' bands "
+                f"{input_band_names} lack {missing}: give images that have them."
+            )
+        if input_band_names == self.band_names:
+            return input_band_names, None
+        return input_band_names, [input_band_names.index(name) for name in self.band_names]
 
     @staticmethod
     def _flatten_images(images: Any) -> list:
@@ -438,11 +498,14 @@ class PeraImageProcessor(BaseImageProcessor):
             "`image_mean` and `image_std` of your data; or convert the images to 8-bit."
         )
 
-    def _to_channels_first(self, image: Any, index: int, input_data_format: str | None) -> tuple[torch.Tensor, bool]:
-        """Converts one image to a finite `(bands, height, width)` float32 tensor with `num_channels` bands; also
-        says whether its pixels were floating point."""
+    def _to_channels_first(
+        self, image: Any, index: int, input_data_format: str | None, band_names: list[str] | None
+    ) -> tuple[torch.Tensor, bool]:
+        """Converts one image to a finite `(bands, height, width)` float32 tensor with the bands `band_names` (or
+        `num_channels` bands when unnamed); also says whether its pixels were floating point."""
+        num_bands = len(band_names) if band_names is not None else self.num_channels
         if isinstance(image, Image.Image):
-            image = pil_image_to_bands(image, self.num_channels)
+            image = pil_image_to_bands(image, num_bands)
             input_data_format = "channels_first"
         if isinstance(image, np.ndarray):
             if image.dtype.type not in _NUMPY_DTYPES:
@@ -468,7 +531,7 @@ class PeraImageProcessor(BaseImageProcessor):
                 "(read files with PIL.Image.open or modeling_pera.raster.read_raster first)."
             )
 
-        tensor = self._move_bands_first(tensor, index, input_data_format)
+        tensor = self._move_bands_first(tensor, index, input_data_format, num_bands, band_names)
         if tensor.numel() == 0:
             raise ValueError(f"Image {index} has shape {tuple(tensor.shape)}: it holds no pixels.")
         if not torch.isfinite(tensor).all():
@@ -477,10 +540,13 @@ class PeraImageProcessor(BaseImageProcessor):
             )
         return tensor, is_float
 
-    def _move_bands_first(self, image: torch.Tensor, index: int, input_data_format: str | None) -> torch.Tensor:
-        """Puts the band axis first, inferring it from `num_channels` when `input_data_format` is unset."""
-        expected = self.num_channels
-        names = f" ({', '.join(self.band_names)})" if self.band_names else ""
+    @staticmethod
+    def _move_bands_first(
+        image: torch.Tensor, index: int, input_data_format: str | None, expected: int, band_names: list[str] | None
+    ) -> torch.Tensor:
+        """Puts the band axis first, inferring it from the `expected` number of bands when `input_data_format` is
+        unset."""
+        names = f" ({', '.join(band_names)})" if band_names else ""
         if image.ndim == 2:
             image = image.unsqueeze(0)
             input_data_format = "channels_first"

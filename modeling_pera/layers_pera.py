@@ -55,6 +55,7 @@ class PeraPatchEmbeddings(nn.Module):
         super().__init__()
         self.patch_size = config.patch_size
         self.num_channels = config.num_channels
+        self.band_names = config.band_names
         self.num_patches = (config.image_size // config.patch_size) ** 2
         self.projection = nn.Conv2d(
             config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
@@ -69,10 +70,11 @@ class PeraPatchEmbeddings(nn.Module):
         if batch_size == 0:
             raise ValueError("pixel_values holds no image (batch size 0); pass at least one image.")
         if num_channels != self.num_channels:
+            names = f" ({', '.join(self.band_names)})" if self.band_names else ""
             raise ValueError(
-                f"pixel_values has {num_channels} bands but the model expects {self.num_channels}; preprocess the "
-                "images with this model's image processor, or use a model configured with "
-                f"num_channels={num_channels}."
+                f"pixel_values has {num_channels} bands but the model expects {self.num_channels}{names}; preprocess "
+                "the images with this model's image processor (its `input_band_names` picks and orders named bands), "
+                f"or use a model configured with num_channels={num_channels}."
             )
         if height < self.patch_size or width < self.patch_size or height % self.patch_size or width % self.patch_size:
             raise ValueError(

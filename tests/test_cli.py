@@ -8,6 +8,7 @@ import io
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -258,6 +259,43 @@ def test_a_script_given_an_empty_folder_prints_one_line_and_no_traceback(tmp_pat
     debug_environment = {**os.environ, DEBUG_VARIABLE: "1"}
     debug = subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True, env=debug_environment)
     assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_process_that_cannot_reach_machine_0_says_what_to_check(images, tmp_path):
+    # Process 1 of 2, pointed at a port where no process 0 listens: after --ddp_timeout, one line naming the address.
+    port = free_port()
+    environment = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "true",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "WORLD_SIZE": "2",
+        "RANK": "1",
+        "LOCAL_RANK": "1",
+        "LOCAL_WORLD_SIZE": "2",
+    }
+    command = [
+        sys.executable,
+        "examples/run_pretraining.py",
+        "--train_dir",
+        str(images),
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--ddp_timeout",
+        "3",
+    ]
+    result = subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True, env=environment)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert f"The 2 processes of this run did not all meet at 127.0.0.1:{port} within --ddp_timeout 3 s" in errors[0]
+    assert "--main_process_ip and --main_process_port" in errors[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -47,7 +47,9 @@ def export_tiny_run(directory, **config_overrides):
     if config.num_channels == 3:
         processor = PeraImageProcessor.from_preset("pera-rgb", size=config.image_size)
     else:
-        processor = PeraImageProcessor.from_preset("sentinel2-l2a", size=config.image_size)
+        processor = PeraImageProcessor.from_preset(
+            "sentinel2-l2a", size=config.image_size, ground_sampling_distance=10
+        )
     export_pretrained(model, processor, directory)
     return model, processor
 
@@ -127,6 +129,7 @@ def test_model_card_metadata_and_content(tmp_path):
     assert "| width / depth / heads | 32 / 2 / 4 |" in text
     assert "| 1 | red | - | 0.3585 | 0.1483 |" in text and "| 3 | blue | - | 0.3155 | 0.1198 |" in text
     assert "multiplies by 1/255, resizes to 32 x 32 px and normalises" in text
+    assert "m per pixel" not in text  # no ground sampling distance recorded
     assert "| data | image folder(s) `ucmerced` |" in text and "/somewhere/private" not in text
     assert "| steps | 350 |" in text and "| batch size | 32 images (16 per device x 2 process(es)" in text
     assert "| crops per image | 2 x 32 px global + 8 x 16 px local |" in text
@@ -140,6 +143,7 @@ def test_model_card_of_a_multispectral_model(tmp_path):
     assert "license" not in card.data.to_dict()
     assert f"| 4 | B04 | 0.665 | {SENTINEL2_L2A_MEAN[3]:g} | {SENTINEL2_L2A_STD[3]:g} |" in card.text
     assert "multiplies by" not in card.text  # Sentinel-2 statistics are in DN
+    assert "The pretraining images have 10 m per pixel." in card.text
     assert 'input_data_format="channels_last"' in card.text and "(height, width, 12)" in card.text
     assert f'from_pretrained("{tmp_path / "encoder"}"' in card.text  # without a repo id, the example loads the folder
     assert "## Training" not in card.text and "## Frozen-feature results" not in card.text

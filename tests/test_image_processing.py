@@ -441,3 +441,44 @@ def test_invalid_per_call_options():
         processor(image, do_center_crop=True)
     with pytest.raises(ValueError, match="`return_tensors` must be 'pt', 'np' or None"):
         processor(image, return_tensors="tf")
+
+
+def test_named_input_bands_are_picked_and_ordered_as_the_processor_s():
+    generator = np.random.default_rng(0)
+    level_1c = generator.integers(0, 10000, (13, 16, 16), dtype=np.uint16)  # every L1C band, B10 included
+    processor = PeraImageProcessor.from_preset("sentinel2-l2a", do_resize=False)
+    expected = processor(level_1c[[SENTINEL2_L1C_BANDS.index(band) for band in SENTINEL2_L2A_BANDS]])
+    got = processor(level_1c, input_band_names=SENTINEL2_L1C_BANDS)
+    torch.testing.assert_close(got["pixel_values"], expected["pixel_values"], rtol=0, atol=0)
+    # Blue, green, red planes (e.g. read in file order) become the red, green, blue of an RGB processor.
+    rgb_processor = PeraImageProcessor(do_resize=False)
+    rgb = generator.integers(0, 256, (3, 8, 8), dtype=np.uint8)
+    torch.testing.assert_close(
+        rgb_processor(rgb[::-1], input_band_names=["blue", "green", "red"])["pixel_values"],
+        rgb_processor(rgb)["pixel_values"],
+        rtol=0,
+        atol=0,
+    )
+
+
+def test_missing_or_misnamed_input_bands_are_refused_with_the_expected_bands():
+    processor = PeraImageProcessor.from_preset("sentinel2-l2a")
+    image = np.zeros((3, 16, 16), dtype=np.uint16)
+    with pytest.raises(ValueError, match=r"expects the bands \['B01', .*'B12'\] .* lack \['B01', 'B05'"):
+        processor(image, input_band_names=["B02", "B03", "B04"])
+    with pytest.raises(ValueError, match="`input_band_names` must be unique"):
+        processor(image, input_band_names=["B02", "B02", "B04"])
+    with pytest.raises(ValueError, match="must be a list of band names"):
+        processor(image, input_band_names="B02")
+    # Names given for more bands than the image has: the band count error names them.
+    with pytest.raises(ValueError, match=r"expects 13 bands \(B01, B02,"):
+        processor(image, input_band_names=SENTINEL2_L1C_BANDS)
+
+
+def test_ground_sampling_distance_is_saved_and_checked(tmp_path):
+    processor = PeraImageProcessor.from_preset("rgbn", ground_sampling_distance=0.6)
+    processor.save_pretrained(tmp_path)
+    assert PeraImageProcessor.from_pretrained(tmp_path).ground_sampling_distance == 0.6
+    assert PeraImageProcessor().ground_sampling_distance is None
+    with pytest.raises(ValueError, match="`ground_sampling_distance` must be a positive number of metres per pixel"):
+        PeraImageProcessor(ground_sampling_distance=-10)

@@ -429,7 +429,7 @@ def test_no_random_tensor_is_left_constant(tmp_path):
 def test_bad_input_raises_clear_errors():
     config = tiny_config()
     model = PeraModel(config)
-    with pytest.raises(ValueError, match="4 bands but the model expects 3"):
+    with pytest.raises(ValueError, match=r"4 bands but the model expects 3 \(red, green, blue\)"):
         model(torch.randn(1, 4, 32, 32))
     with pytest.raises(ValueError, match="multiple of 8"):
         model(torch.randn(1, 3, 36, 32))

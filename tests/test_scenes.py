@@ -11,56 +11,22 @@ from safetensors.torch import load_file
 from modeling_pera import PeraImageProcessor, PeraModel
 from modeling_pera.data import SceneDataset, check_dataset, find_scenes, make_pretraining_dataloader
 from modeling_pera.pretraining import pretrain
-from modeling_pera.raster import RasterReadError
+from modeling_pera.raster import RasterReadError, write_band_stack_vrt, write_synthetic_scene
 from modeling_pera.views import AlignedPairViews
 from pera_testing import tiny_arguments, tiny_config
 
 
 rasterio = pytest.importorskip("rasterio", reason="the geo extra (rasterio) is not installed")
-from rasterio.enums import Resampling  # noqa: E402
 from rasterio.transform import from_origin  # noqa: E402
 from rasterio.windows import Window  # noqa: E402
 
 
-SCENE_SIZE = 8000
-BORDER = 1500  # nodata on every side: 39 % of the scene
-NODATA = 0
-
-
-def write_scene(path, size=SCENE_SIZE, border=BORDER, count=4, crs="EPSG:32633", overviews=True):
-    """A tiled, compressed uint16 GeoTIFF with overviews (a cloud-optimised layout): smooth bands of values
-    1000-1800 inside a nodata border, written a strip at a time."""
-    profile = {
-        "driver": "GTiff",
-        "width": size,
-        "height": size,
-        "count": count,
-        "dtype": "uint16",
-        "crs": crs,
-        "transform": from_origin(500_000, 5_000_000, 10, 10),
-        "nodata": NODATA,
-        "tiled": True,
-        "blockxsize": 512,
-        "blockysize": 512,
-        "compress": "deflate",
-        "BIGTIFF": "IF_SAFER",
-    }
-    columns = np.arange(size)
-    with rasterio.open(path, "w", **profile) as scene:
-        for top in range(0, size, 1000):
-            rows = np.arange(top, min(top + 1000, size))[:, None]
-            values = 1000 + (rows * 7 + columns[None] * 3) % 800
-            inside = (rows >= border) & (rows < size - border) & (columns >= border) & (columns < size - border)
-            strip = np.where(inside, values, NODATA).astype(np.uint16)
-            scene.write(np.stack([strip + 10 * band for band in range(count)]), window=Window(0, top, size, len(rows)))
-        if overviews:
-            scene.build_overviews([2, 4, 8, 16, 32], Resampling.average)
-    return path
+NODATA = 0  # write_synthetic_scene's nodata; its default border of 1500 px is 39 % of the 8000 px scene
 
 
 @pytest.fixture(scope="module")
 def big_scene(tmp_path_factory):
-    return write_scene(tmp_path_factory.mktemp("scenes") / "scene.tif")
+    return write_synthetic_scene(tmp_path_factory.mktemp("scenes") / "scene.tif")
 
 
 def sixteen_bit_views(global_crop_size=32, num_channels=4) -> AlignedPairViews:
@@ -147,12 +113,14 @@ def test_pretraining_from_a_scene_trains_and_resumes_exactly(big_scene, tmp_path
     expected, got = load_file(tmp_path / "full" / "model.safetensors"), load_file(interrupted / "model.safetensors")
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+    # The exported processor records the pixel size of the windows: 10 m scene pixels, 128 px read at 32 px.
+    assert PeraImageProcessor.from_pretrained(tmp_path / "full" / "encoder").ground_sampling_distance == 40.0
 
 
 def test_bad_scenes_are_refused_at_start_with_their_name(big_scene, tmp_path):
-    small = write_scene(tmp_path / "small.tif", size=512, border=0)
-    other_crs = write_scene(tmp_path / "utm32.tif", size=512, border=0, crs="EPSG:32632")
-    three_bands = write_scene(tmp_path / "rgb.tif", size=512, border=0, count=3)
+    small = write_synthetic_scene(tmp_path / "small.tif", size=512, border=0)
+    other_crs = write_synthetic_scene(tmp_path / "utm32.tif", size=512, border=0, crs="EPSG:32632")
+    three_bands = write_synthetic_scene(tmp_path / "rgb.tif", size=512, border=0, count=3)
     corrupt = tmp_path / "corrupt.tif"
     corrupt.write_bytes(small.read_bytes()[:5000])
     views = sixteen_bit_views()
@@ -170,7 +138,7 @@ def test_bad_scenes_are_refused_at_start_with_their_name(big_scene, tmp_path):
     with pytest.raises(ValueError, match="No scenes"):
         find_scenes([tmp_path / "empty"])
     # A scene of nodata only: no window can be used, said at the start by check_dataset.
-    empty = write_scene(tmp_path / "nodata.tif", size=512, border=256)
+    empty = write_synthetic_scene(tmp_path / "nodata.tif", size=512, border=256)
     with pytest.raises(RuntimeError, match="None of 100 windows of 64 px .* 50% valid pixels"):
         check_dataset(SceneDataset([empty], views, window_size=64))
 
@@ -194,3 +162,54 @@ def test_scene_windows_load_in_dataloader_workers(big_scene):
     stacked = torch.cat([batch["student_global_pixel_values"] for batch in batches], dim=1)
     for index, views in enumerate(in_main):
         torch.testing.assert_close(stacked[:, by_index[index]], views, rtol=0, atol=0)
+
+
+def write_band_file(path, pixels: np.ndarray, pixel_size: float, crs: str = "EPSG:32633"):
+    """A single-band uint16 GeoTIFF over the same 5120 m square, whatever its pixel size."""
+    profile = {
+        "driver": "GTiff",
+        "width": pixels.shape[1],
+        "height": pixels.shape[0],
+        "count": 1,
+        "dtype": "uint16",
+        "crs": crs,
+        "transform": from_origin(500_000, 5_000_000, pixel_size, pixel_size),
+        "nodata": NODATA,
+    }
+    with rasterio.open(path, "w", **profile) as band:
+        band.write(pixels, 1)
+    return path
+
+
+def test_band_files_of_two_resolutions_stack_into_one_scene(tmp_path):
+    generator = np.random.default_rng(0)
+    blue = generator.integers(1000, 2000, (512, 512), dtype=np.uint16)  # 10 m
+    red_edge = generator.integers(1000, 2000, (256, 256), dtype=np.uint16)  # 20 m
+    band_files = [
+        write_band_file(tmp_path / "T33_B02.tif", blue, 10.0),
+        write_band_file(tmp_path / "T33_B05.tif", red_edge, 20.0),
+    ]
+    stack = write_band_stack_vrt(band_files, tmp_path / "T33.vrt", resampling="nearest")
+    on_the_10_m_grid = np.repeat(np.repeat(red_edge, 2, axis=0), 2, axis=1)
+    with rasterio.open(stack) as scene:
+        assert (scene.count, scene.width, scene.res, scene.descriptions) == (2, 512, (10.0, 10.0), ("B02", "B05"))
+        np.testing.assert_array_equal(scene.read(1), blue)
+        np.testing.assert_array_equal(scene.read(2), on_the_10_m_grid)
+    # A scene like any other: bands picked by name, in the order asked for.
+    dataset = SceneDataset([stack], sixteen_bit_views(num_channels=2), window_size=64, bands=["B05", "B02"])
+    row, col = (int(part.split()[-1]) for part in dataset.describe(0).split("(")[1].split(",")[:2])
+    window = dataset.load_image(0).numpy()
+    np.testing.assert_array_equal(window[0], on_the_10_m_grid[row : row + 64, col : col + 64])
+    np.testing.assert_array_equal(window[1], blue[row : row + 64, col : col + 64])
+    assert dataset.ground_sampling_distance == 10.0
+
+
+def test_band_files_that_do_not_stack_are_named(tmp_path):
+    pixels = np.ones((64, 64), dtype=np.uint16)
+    blue = write_band_file(tmp_path / "a_B02.tif", pixels, 80.0)
+    with pytest.raises(ValueError, match="b_B03.tif is uint16 in EPSG:32632, .*a_B02.tif uint16 in EPSG:32633"):
+        write_band_stack_vrt(
+            [blue, write_band_file(tmp_path / "b_B03.tif", pixels, 80.0, crs="EPSG:32632")], tmp_path / "x.vrt"
+        )
+    with pytest.raises(ValueError, match="a_B02.tif covers .*, .*c_B04.tif .*: stack bands of one area"):
+        write_band_stack_vrt([blue, write_band_file(tmp_path / "c_B04.tif", pixels, 40.0)], tmp_path / "x.vrt")

@@ -135,6 +135,15 @@ class SceneDataset(torch.utils.data.Dataset):
                     "lower the window size or leave this scene out."
                 )
 
+    @property
+    def ground_sampling_distance(self) -> float | None:
+        """Metres per pixel of the windows as read (the scenes' pixel size times window over sample size), when every
+        scene has the same square pixels in metres; else None."""
+        pixel_sizes = {info.pixel_size for info in self.scenes}
+        if len(pixel_sizes) != 1 or None in pixel_sizes:
+            return None
+        return pixel_sizes.pop() * self.window_size / self.sample_size
+
     def __len__(self) -> int:
         return self.windows_per_epoch
 

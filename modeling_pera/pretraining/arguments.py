@@ -129,6 +129,13 @@ class PretrainingArguments:
             "choices": list(PERA_PROCESSOR_PRESETS),
         },
     )
+    ground_sampling_distance: float | None = field(
+        default=None,
+        metadata={
+            "help": "Metres on the ground per pixel of the training images, recorded in the processor and the model "
+            "card (default for --train_scenes in a metric CRS: the scenes' pixel size times window/sample size)."
+        },
+    )
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Images per device and step."})
     num_train_epochs: int = field(default=100, metadata={"help": "Epochs, unless --max_train_steps is given."})
     max_train_steps: int | None = field(default=None, metadata={"help": "Total optimizer steps; overrides epochs."})
@@ -166,6 +173,13 @@ class PretrainingArguments:
         default=None, metadata={"help": "Save a resumable checkpoint every N steps."}
     )
     checkpoints_total_limit: int = field(default=2, metadata={"help": "Keep at most this many step checkpoints."})
+    ddp_timeout: int = field(
+        default=1800,
+        metadata={
+            "help": "Seconds the processes of a multi-process run wait for each other: for all of them to start "
+            "(machines included) and at each collective."
+        },
+    )
     snapshot_steps: list[int] | None = field(
         default=None,
         metadata={
@@ -221,6 +235,7 @@ class PretrainingArguments:
     def _check_values(self):
         """Flags that would otherwise mean something else silently (0 steps as 'unset') or fail hours later."""
         at_least_one = [
+            "ddp_timeout",
             "per_device_train_batch_size",
             "num_train_epochs",
             "gradient_accumulation_steps",
@@ -272,6 +287,12 @@ class PretrainingArguments:
                 raise ValueError(f"--bands takes band indices or band names, not both: got {self.bands}.")
         if self.train_scenes and (self.train_dir or self.dataset_name or self.streaming):
             raise ValueError("--train_scenes replaces --train_dir, --dataset_name and --streaming: give one source.")
+        if self.ground_sampling_distance is not None and not (
+            math.isfinite(self.ground_sampling_distance) and self.ground_sampling_distance > 0
+        ):
+            raise ValueError(
+                f"--ground_sampling_distance must be a positive number of metres, got {self.ground_sampling_distance}."
+            )
         for name in ("scene_window_size", "scene_sample_size", "scene_windows_per_epoch"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")

@@ -37,8 +37,18 @@ def build_model(arguments: PretrainingArguments) -> PeraForPreTraining:
 
 
 def build_processor(arguments: PretrainingArguments, config: PeraConfig) -> PeraImageProcessor:
+    """The processor of `--model_name_or_path` when it has one, else one of `--processor_preset` (by default the
+    statistics for 3 or 4 bands) at the model's input size; with `--ground_sampling_distance` recorded in it."""
     if arguments.model_name_or_path and Path(arguments.model_name_or_path, "preprocessor_config.json").is_file():
-        return PeraImageProcessor.from_pretrained(arguments.model_name_or_path)
+        processor = PeraImageProcessor.from_pretrained(arguments.model_name_or_path)
+    else:
+        processor = _processor_from_preset(arguments, config)
+    if arguments.ground_sampling_distance is not None:
+        processor.ground_sampling_distance = float(arguments.ground_sampling_distance)
+    return processor
+
+
+def _processor_from_preset(arguments: PretrainingArguments, config: PeraConfig) -> PeraImageProcessor:
     preset = arguments.processor_preset or {3: "pera-rgb", 4: "rgbn"}.get(config.num_channels)
     if preset is None:
         raise ValueError(

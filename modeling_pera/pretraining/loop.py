@@ -9,17 +9,19 @@ calls it.
 import json
 import logging
 import math
+import os
 import shlex
 import signal
 import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, set_seed
 
 from ..cli import TrainingStopped
 from ..configuration_pera import PeraConfig
@@ -188,12 +190,16 @@ def start_accelerator(arguments: PretrainingArguments) -> Accelerator:
     prepare_output_dir(output_dir, arguments.overwrite_output_dir, resuming, is_main_process=False)  # fail fast
     if arguments.push_to_hub:  # before the training, not after it
         check_hub_access(arguments.hub_model_id, arguments.hub_token)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=arguments.gradient_accumulation_steps,
-        log_with=arguments.report_to if arguments.with_tracking else None,
-        project_dir=str(output_dir),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=arguments.seed),
-    )
+    try:
+        accelerator = Accelerator(
+            gradient_accumulation_steps=arguments.gradient_accumulation_steps,
+            log_with=arguments.report_to if arguments.with_tracking else None,
+            project_dir=str(output_dir),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=arguments.seed),
+            kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=arguments.ddp_timeout))],
+        )
+    except (torch.distributed.DistError, TimeoutError) as error:
+        raise ConnectionError(rendezvous_failure(arguments.ddp_timeout, error)) from error
     # This package's INFO lines (the run, resumes, saves); other libraries' only from WARNING on, so that their
     # INFO lines do not break the progress bar.
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
@@ -206,6 +212,17 @@ def start_accelerator(arguments: PretrainingArguments) -> Accelerator:
     return accelerator
 
 
+def rendezvous_failure(timeout_seconds: int, error: Exception) -> str:
+    """What to check when the processes of a run could not all meet at start."""
+    address = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+    return (
+        f"The {os.environ.get('WORLD_SIZE', '?')} processes of this run did not all meet at {address} within "
+        f"--ddp_timeout {timeout_seconds} s ({type(error).__name__}: {str(error).splitlines()[0]}). Start every "
+        "machine with the same --main_process_ip and --main_process_port (machine 0's address, with the port open to "
+        "the others), --num_machines and --num_processes; raise --ddp_timeout if the machines start minutes apart."
+    )
+
+
 def build_run(arguments: PretrainingArguments) -> Run:
     accelerator = start_accelerator(arguments)
     model = build_model(arguments)
@@ -214,6 +231,8 @@ def build_run(arguments: PretrainingArguments) -> Run:
         enable_activation_checkpointing(model, arguments.activation_checkpointing)
     views = AlignedPairViews(model.config, processor, defer_photometry=arguments.photometry_on_device)
     dataloader = build_dataloader(arguments, views, model.config)
+    if processor.ground_sampling_distance is None:  # scenes in metres know their pixel size
+        processor.ground_sampling_distance = getattr(dataloader.dataset, "ground_sampling_distance", None)
     optimizer = torch.optim.AdamW(
         student_parameter_groups(model),
         lr=arguments.learning_rate,
