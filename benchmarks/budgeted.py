@@ -59,6 +59,22 @@ def merged_overrides(*overrides: str | None) -> str:
     return ",".join(part for part in overrides if part)
 
 
+def make_job(setting: dict, method: str, train_dir: list[str], seed: int, output_dir: Path, **extra) -> dict:
+    """The job of one pretraining run of `method` in `setting` (see `train_one`); `extra` adds e.g. `flags`."""
+    return {
+        "method": method,
+        "train_dir": train_dir,
+        "model_size": setting["model_size"],
+        "config_overrides": setting["config_overrides"],
+        "batch_size": setting["batch_size"],
+        "num_workers": setting["num_workers"],
+        "device": setting["device"],
+        "seed": seed,
+        "output_dir": str(output_dir),
+        **extra,
+    }
+
+
 def train_one(job: dict) -> dict:
     """
     Pretrains one configuration for `job["steps"]` steps (in its own process); returns its training summary.

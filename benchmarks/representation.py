@@ -28,7 +28,16 @@ from pathlib import Path
 
 import torch
 
-from budgeted import DEFAULT_DATA_DIR, REPOSITORY, SETTINGS, evaluate, resolve_setting, train_dirs, train_for_budget
+from budgeted import (
+    DEFAULT_DATA_DIR,
+    REPOSITORY,
+    SETTINGS,
+    evaluate,
+    make_job,
+    resolve_setting,
+    train_dirs,
+    train_for_budget,
+)
 from modeling_pera.pretraining import snapshot_directory
 from reporting import command_line, device_name, markdown_table, publish, save_figure, write_section
 
@@ -172,17 +181,7 @@ def parse_args() -> argparse.Namespace:
 def train_and_evaluate(method: str, setting: dict, folders: list[str], arguments: argparse.Namespace) -> dict:
     """One method trained for the budget, its snapshots scored by 20-NN and its final encoder by every probe."""
     output_dir = arguments.output_dir / method
-    job = {
-        "method": method,
-        "train_dir": folders,
-        "model_size": setting["model_size"],
-        "config_overrides": setting["config_overrides"],
-        "batch_size": setting["batch_size"],
-        "num_workers": setting["num_workers"],
-        "device": setting["device"],
-        "seed": arguments.seed,
-        "output_dir": str(output_dir),
-    }
+    job = make_job(setting, method, folders, arguments.seed, output_dir)
     run = train_for_budget(job, 60 * setting["budget_minutes"], arguments.calibration_steps, arguments.num_snapshots)
     # Training time at each snapshot, from the measured step rate of the run itself.
     seconds_per_step = run["train_seconds"] / run["completed_steps"]

@@ -32,6 +32,7 @@ from budgeted import (
     DEFAULT_DATA_DIR,
     REPOSITORY,
     evaluate,
+    make_job,
     resolve_setting,
     steady_images_per_second,
     train_dirs,
@@ -188,18 +189,7 @@ def main():
     for seed in arguments.seeds:
         for index, (config_name, flags) in enumerate(configs.items()):
             run_dir = output_dir / f"seed{seed}" / f"{index:02d}"
-            job = {
-                "method": "pera",
-                "flags": flags,
-                "train_dir": folders,
-                "model_size": setting["model_size"],
-                "config_overrides": setting["config_overrides"],
-                "batch_size": setting["batch_size"],
-                "num_workers": setting["num_workers"],
-                "device": setting["device"],
-                "seed": seed,
-                "output_dir": str(run_dir),
-            }
+            job = make_job(setting, "pera", folders, seed, run_dir, flags=flags)
             if arguments.speed_only:
                 images_per_second = steady_images_per_second(job, arguments.calibration_steps)
                 report["runs"].append({"config": config_name, "seed": seed, "images_per_second": images_per_second})

@@ -50,22 +50,29 @@ def write_images(folder, count=8):
     return folder
 
 
-def test_pretrain_mae_saves_snapshots_that_the_evaluation_loads(tmp_path):
-    pera_config = tiny_config()
-    model = build_mae(mae_config_from_pera(pera_config))
-    before = model.vit.embeddings.patch_embeddings.projection.weight.detach().clone()
-    processor = PeraImageProcessor.from_preset("pera-rgb", size={"height": 32, "width": 32})
-    summary = pretrain_mae(
+def tiny_mae() -> torch.nn.Module:
+    return build_mae(mae_config_from_pera(tiny_config()))
+
+
+def run_tiny_mae(tmp_path, model, **options) -> dict:
+    """`pretrain_mae` of `model` (see `tiny_mae`) on 8 random images, batch 4, no workers, into tmp_path / "mae";
+    `options` give the other arguments (total_steps, ...)."""
+    return pretrain_mae(
         model,
-        pera_config,
-        processor,
+        tiny_config(),
+        PeraImageProcessor.from_preset("pera-rgb", size={"height": 32, "width": 32}),
         train_dir=[str(write_images(tmp_path / "images"))],
         output_dir=tmp_path / "mae",
-        total_steps=3,
         batch_size=4,
         num_workers=0,
-        snapshot_steps=(1,),
+        **options,
     )
+
+
+def test_pretrain_mae_saves_snapshots_that_the_evaluation_loads(tmp_path):
+    model = tiny_mae()
+    before = model.vit.embeddings.patch_embeddings.projection.weight.detach().clone()
+    summary = run_tiny_mae(tmp_path, model, total_steps=3, snapshot_steps=(1,))
     assert summary["completed_steps"] == 3 and summary["train_seconds"] > 0
     assert np.isfinite(summary["loss_history"][-1][1])
     assert not torch.equal(before, model.vit.embeddings.patch_embeddings.projection.weight)
@@ -81,42 +88,19 @@ def test_pretrain_mae_saves_snapshots_that_the_evaluation_loads(tmp_path):
 
 
 def test_pretrain_mae_refuses_a_diverged_loss(tmp_path):
-    pera_config = tiny_config()
-    model = build_mae(mae_config_from_pera(pera_config))
+    model = tiny_mae()
     with torch.no_grad():
         model.vit.embeddings.patch_embeddings.projection.weight.fill_(float("nan"))
-    processor = PeraImageProcessor.from_preset("pera-rgb", size={"height": 32, "width": 32})
     # logged every 10 steps, a snapshot after step 2: the non-finite loss of step 1 stops the run before that save
     with pytest.raises(TrainingDivergedError, match=r"loss became non-finite at step 1 .*Lower --learning_rate"):
-        pretrain_mae(
-            model,
-            pera_config,
-            processor,
-            train_dir=[str(write_images(tmp_path / "images"))],
-            output_dir=tmp_path / "mae",
-            total_steps=10,
-            batch_size=4,
-            num_workers=0,
-            snapshot_steps=(2,),
-        )
+        run_tiny_mae(tmp_path, model, total_steps=10, snapshot_steps=(2,))
     assert not (tmp_path / "mae" / "encoder").exists()
     assert not (tmp_path / "mae" / "snapshots").exists()
 
 
 def test_pretrain_mae_stops_on_the_clock_and_saves_its_encoder(tmp_path):
-    pera_config = tiny_config()
-    processor = PeraImageProcessor.from_preset("pera-rgb", size={"height": 32, "width": 32})
-    summary = pretrain_mae(
-        build_mae(mae_config_from_pera(pera_config)),
-        pera_config,
-        processor,
-        train_dir=[str(write_images(tmp_path / "images"))],
-        output_dir=tmp_path / "mae",
-        total_steps=1000,
-        batch_size=4,
-        num_workers=0,
-        max_train_minutes=1e-9,  # over after the first step
-    )
+    # over after the first step
+    summary = run_tiny_mae(tmp_path, tiny_mae(), total_steps=1000, max_train_minutes=1e-9)
     assert summary["stopped_by_time_limit"] and summary["completed_steps"] == 1
     assert [step for step, _ in summary["loss_history"]] == [1]
     assert type(load_encoder(tmp_path / "mae" / "encoder")[0]).__name__ == "ViTMAEModel"

@@ -122,14 +122,11 @@ def test_step_benchmark_measures_every_variant_on_cpu(tmp_path):
     assert all(row["images_per_second"] > 0 and row["peak_memory_gib"] > 0 for row in report["rows"])
 
 
-def test_data_benchmark_compares_photometry_in_the_workers_and_on_the_device(tmp_path):
-    data_dir = write_labelled_images(tmp_path / "data")
-    markdown = tmp_path / "benchmarks.md"
+def run_data_benchmark(output_json: Path, *flags: str) -> list[dict]:
+    """benchmarks/data.py with the tiny model's crops, batches of 4, 2 timed batches and `flags`; its JSON rows."""
     command = [
         sys.executable,
         str(REPO_ROOT / "benchmarks" / "data.py"),
-        "--train_dir",
-        str(data_dir / "ucmerced"),
         "--model_size",
         "vit-tiny",
         "--config_overrides",
@@ -138,19 +135,20 @@ def test_data_benchmark_compares_photometry_in_the_workers_and_on_the_device(tmp
         "4",
         "--batches",
         "2",
-        "--num_workers",
-        "0",
-        "1",
-        "--device",
-        "cpu",
         "--output_json",
-        str(tmp_path / "data.json"),
-        "--markdown",
-        str(markdown),
+        str(output_json),
+        *flags,
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = json.loads((tmp_path / "data.json").read_text())["rows"]
+    return json.loads(output_json.read_text())["rows"]
+
+
+def test_data_benchmark_compares_photometry_in_the_workers_and_on_the_device(tmp_path):
+    data_dir = write_labelled_images(tmp_path / "data")
+    markdown = tmp_path / "benchmarks.md"
+    flags = ["--train_dir", str(data_dir / "ucmerced"), "--num_workers", "0", "1", "--device", "cpu"]
+    rows = run_data_benchmark(tmp_path / "data.json", *flags, "--markdown", str(markdown))
     assert [(row["mode"], row["num_workers"]) for row in rows] == [
         ("in_loader", 0),
         ("on_device", 0),
@@ -166,30 +164,8 @@ def test_data_benchmark_compares_photometry_in_the_workers_and_on_the_device(tmp
 
 def test_data_benchmark_compares_scene_windows_with_pre_chipped_tiles(tmp_path):
     pytest.importorskip("rasterio", reason="the geo extra (rasterio) is not installed")
-    command = [
-        sys.executable,
-        str(REPO_ROOT / "benchmarks" / "data.py"),
-        "--scenes",
-        "--scene_size",
-        "1024",
-        "--scene_window_size",
-        "128",
-        "--model_size",
-        "vit-tiny",
-        "--config_overrides",
-        tiny_config_overrides(num_local_crops=2),
-        "--batch_size",
-        "4",
-        "--batches",
-        "2",
-        "--num_workers",
-        "0",
-        "--output_json",
-        str(tmp_path / "scenes.json"),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = json.loads((tmp_path / "scenes.json").read_text())["rows"]
+    flags = ["--scenes", "--scene_size", "1024", "--scene_window_size", "128", "--num_workers", "0"]
+    rows = run_data_benchmark(tmp_path / "scenes.json", *flags)
     # 8 x 8 tiles of 128 px; with a 192 px nodata border the 4 x 4 inner tiles are valid and the 16 edge tiles beside
     # them half valid (kept), the rest less
     assert [row["source"] for row in rows] == [

@@ -248,15 +248,12 @@ class PretrainingArguments:
         for name in at_least_one:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
-        if self.max_train_minutes is not None and not (
-            math.isfinite(self.max_train_minutes) and self.max_train_minutes > 0
-        ):
-            raise ValueError(f"--max_train_minutes must be a positive number, got {self.max_train_minutes}.")
         if self.dataloader_num_workers < 0:
             raise ValueError(f"--dataloader_num_workers must be 0 or more, got {self.dataloader_num_workers}.")
-        for name in ("learning_rate", "max_grad_norm"):
+        # max_train_minutes and ground_sampling_distance may stay unset (None)
+        for name in ("learning_rate", "max_grad_norm", "max_train_minutes", "ground_sampling_distance"):
             value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
+            if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"--{name} must be a positive number, got {value}.")
         for name in ("min_learning_rate", "weight_decay_start", "weight_decay_end"):
             value = getattr(self, name)
@@ -287,12 +284,6 @@ class PretrainingArguments:
                 raise ValueError(f"--bands takes band indices or band names, not both: got {self.bands}.")
         if self.train_scenes and (self.train_dir or self.dataset_name or self.streaming):
             raise ValueError("--train_scenes replaces --train_dir, --dataset_name and --streaming: give one source.")
-        if self.ground_sampling_distance is not None and not (
-            math.isfinite(self.ground_sampling_distance) and self.ground_sampling_distance > 0
-        ):
-            raise ValueError(
-                f"--ground_sampling_distance must be a positive number of metres, got {self.ground_sampling_distance}."
-            )
         for name in ("scene_window_size", "scene_sample_size", "scene_windows_per_epoch"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
