@@ -11,9 +11,14 @@ $(VENV)/.installed: setup.py constraints.txt
 	$(PY) -m pip install --disable-pip-version-check --constraint constraints.txt --editable ".[dev]"
 	touch $@
 
+# The tests also cover the TorchGeo and TerraTorch integrations (optional extras, not needed by the main job)
+$(VENV)/.integrations: $(VENV)/.installed
+	$(PY) -m pip install --disable-pip-version-check --constraint constraints.txt --editable ".[torchgeo,terratorch]"
+	touch $@
+
 install: $(VENV)/.installed
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed $(VENV)/.integrations
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest tests

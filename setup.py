@@ -30,6 +30,10 @@ setup(
     extras_require={
         # large GeoTIFF/COG scenes read a window at a time (--train_scenes)
         "geo": ["rasterio"],
+        # a TorchGeo dataset and its geo sampler as the pretraining source (--torchgeo_dataset)
+        "torchgeo": ["rasterio", "torchgeo"],
+        # PerA encoders as TerraTorch backbones (modeling_pera.terratorch_backbone); its 1.2.12+ need TorchGeo 0.9
+        "terratorch": ["terratorch<1.2.12"],
         "dev": [
             "rasterio",
             "pytest",

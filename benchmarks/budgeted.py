@@ -155,7 +155,7 @@ def train_for_budget(job: dict, budget_seconds: float, calibration_steps: int, n
     until its training time reaches `budget_seconds`, with its schedules laid out over `SCHEDULE_MARGIN` times the
     steps that fit at that pace, saving the encoder at `num_snapshots - 1` evenly spaced steps of the expected run.
     Returns the run's summary with `steps` (those done), `planned_steps` (the schedules' length), `snapshot_steps`
-    (those reached) and the calibrated `seconds_per_step`.
+    (those reached before the last step) and the calibrated `seconds_per_step`.
     """
     calibration_dir = Path(job["output_dir"]).with_name(Path(job["output_dir"]).name + "_calibration")
     calibration = {**job, "output_dir": str(calibration_dir)}
@@ -170,7 +170,8 @@ def train_for_budget(job: dict, budget_seconds: float, calibration_steps: int, n
         **summary,
         "steps": summary["completed_steps"],
         "planned_steps": planned_steps,
-        "snapshot_steps": [step for step in snapshot_steps if step <= summary["completed_steps"]],
+        # the final encoder is the run's last point, also when the clock stopped it at a snapshot's step
+        "snapshot_steps": [step for step in snapshot_steps if step < summary["completed_steps"]],
         "seconds_per_step": seconds_per_step,
     }
 

@@ -16,10 +16,10 @@ from modeling_pera.pretraining import PretrainingArguments, pretrain
 def parse_args(argv: list[str] | None = None) -> PretrainingArguments:
     parser = HfArgumentParser(PretrainingArguments, description=__doc__, formatter_class=HelpFormatter)
     (arguments,) = parser.parse_args_into_dataclasses(args=argv)
-    if arguments.train_dir is None and arguments.dataset_name is None and arguments.train_scenes is None:
+    if not (arguments.train_dir or arguments.dataset_name or arguments.train_scenes or arguments.torchgeo_dataset):
         parser.error(
-            "give the images to pretrain on: --train_dir <folder>, --dataset_name <datasets id> or --train_scenes "
-            "<GeoTIFF scenes>."
+            "give the images to pretrain on: --train_dir <folder>, --dataset_name <datasets id>, --train_scenes "
+            "<GeoTIFF scenes> or --torchgeo_dataset <TorchGeo class> --torchgeo_paths <its files>."
         )
     return arguments
 

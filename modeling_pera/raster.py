@@ -448,7 +448,7 @@ def describe_scene(path: str | os.PathLike) -> SceneInfo:
                 dtype=scene.dtypes[0],
                 crs=scene.crs.to_string() if scene.crs else None,
                 band_names=tuple(scene.descriptions),
-                pixel_size=_pixel_size_in_metres(scene),
+                pixel_size=pixel_size_in_metres(scene),
                 # every band valid, as in read_scene_window (dataset_mask ignores nodata in overviews)
                 valid_mask=(scene.read_masks(out_shape=(scene.count, *shape)) > 0).all(axis=0),
             )
@@ -456,9 +456,13 @@ def describe_scene(path: str | os.PathLike) -> SceneInfo:
         raise RasterReadError(f"{path} cannot be read as a raster scene: {error}") from error
 
 
-def _pixel_size_in_metres(scene) -> float | None:
-    """A rasterio dataset's pixel size in metres when its CRS is projected in metres and its pixels are square."""
-    if scene.crs is None or not scene.crs.is_projected or scene.crs.linear_units not in ("metre", "meter", "m"):
+def pixel_size_in_metres(scene) -> float | None:
+    """The pixel size in metres of a rasterio (or TorchGeo) dataset, when its CRS is projected in metres and its
+    pixels are square; else None."""
+    if scene.crs is None:
+        return None
+    crs = import_rasterio().crs.CRS.from_user_input(scene.crs)  # TorchGeo's is pyproj's
+    if not crs.is_projected or crs.linear_units not in ("metre", "meter", "m"):
         return None
     width, height = scene.res
     return float(width) if math.isclose(width, height, rel_tol=1e-6) else None
@@ -590,7 +594,7 @@ def write_synthetic_scene(
     Writes a large scene to try scene pretraining without downloading one: a `size` x `size` uint16 GeoTIFF laid out
     as a cloud-optimised one (512 px tiles, deflate, overviews at 1/2 to 1/32), with `count` smooth bands of values
     1000-1800 (band b adds 10 b) inside a nodata (0) `border`, in `crs` with `pixel_size` m pixels. Written a strip
-    at a time, so memory stays small. Returns `path`.
+    at a time, so memory stays small; its folder is made if missing. Returns `path`.
     """
     rasterio = import_rasterio()
     from rasterio.enums import Resampling
@@ -613,6 +617,7 @@ def write_synthetic_scene(
         "BIGTIFF": "IF_SAFER",
     }
     columns = np.arange(size)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with rasterio.open(path, "w", **profile) as scene:
         for top in range(0, size, 1000):
             rows = np.arange(top, min(top + 1000, size))[:, None]
@@ -636,6 +641,7 @@ __all__ = [
     "find_images",
     "is_image_file_name",
     "is_tiff",
+    "pixel_size_in_metres",
     "read_band_folder",
     "read_encoder_input",
     "read_image",

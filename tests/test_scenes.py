@@ -13,7 +13,7 @@ from modeling_pera.data import SceneDataset, check_dataset, find_scenes, make_pr
 from modeling_pera.pretraining import pretrain
 from modeling_pera.raster import RasterReadError, write_band_stack_vrt, write_synthetic_scene
 from modeling_pera.views import AlignedPairViews
-from pera_testing import tiny_arguments, tiny_config
+from pera_testing import tiny_arguments, tiny_config, tiny_config_overrides
 
 
 rasterio = pytest.importorskip("rasterio", reason="the geo extra (rasterio) is not installed")
@@ -115,6 +115,32 @@ def test_pretraining_from_a_scene_trains_and_resumes_exactly(big_scene, tmp_path
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
     # The exported processor records the pixel size of the windows: 10 m scene pixels, 128 px read at 32 px.
     assert PeraImageProcessor.from_pretrained(tmp_path / "full" / "encoder").ground_sampling_distance == 40.0
+
+
+def test_a_new_model_takes_the_scenes_own_band_statistics(big_scene, tmp_path):
+    statistics = dict(image_mean=[1400.0, 1410.0, 1420.0, 1430.0], image_std=[250.0] * 4)
+    arguments = tiny_arguments(
+        None,
+        tmp_path / "run",
+        config_overrides=tiny_config_overrides(num_local_crops=2, num_channels=4),
+        train_scenes=[str(big_scene)],
+        scene_window_size=128,
+        scene_sample_size=32,
+        max_train_steps=2,
+        **statistics,
+    )
+    assert pretrain(arguments)["completed_steps"] == 2
+    processor = PeraImageProcessor.from_pretrained(tmp_path / "run" / "encoder")
+    assert processor.image_mean == statistics["image_mean"] and processor.image_std == statistics["image_std"]
+    assert not processor.do_rescale
+    with pytest.raises(ValueError, match="--image_mean and --image_std go together"):
+        tiny_arguments(None, tmp_path / "other", image_mean=[1.0])
+    with pytest.raises(ValueError, match="--image_mean has 1 values and --image_std 2"):
+        tiny_arguments(None, tmp_path / "other", image_mean=[1.0], image_std=[1.0, 2.0])
+    with pytest.raises(ValueError, match="--image_std must be positive"):
+        tiny_arguments(None, tmp_path / "other", image_mean=[1.0], image_std=[0.0])
+    with pytest.raises(ValueError, match="--image_mean has 4 values, the model has 3 bands"):
+        pretrain(tiny_arguments(None, tmp_path / "three", train_scenes=[str(big_scene)], **statistics))
 
 
 def test_bad_scenes_are_refused_at_start_with_their_name(big_scene, tmp_path):

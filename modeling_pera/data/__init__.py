@@ -2,7 +2,8 @@
 """Image sources for PerA pretraining: local folders, `datasets` datasets (map-style or streaming), decoding to
 `(bands, height, width)` tensors with the model's band count, and the bad-file policy. Modules: `decoding` (a sample
 to a tensor), `datasets` (map-style and streaming datasets, seeded generators), `checks` (the check at start),
-`loading` (sources, the sampler, the DataLoaders), `scenes` (random windows of large GeoTIFF/COG scenes).
+`loading` (sources, the sampler, the DataLoaders), `scenes` (random windows of large GeoTIFF/COG scenes),
+`torchgeo_source` (windows of a TorchGeo dataset at its sampler's queries).
 
 Bad samples (unreadable, truncated or corrupt files, a band count the model cannot use, images smaller than
 `min_image_size`, NaN or infinite pixels) never stop a run: a map-style dataset replaces such a sample by the next
@@ -23,9 +24,11 @@ from .loading import (
     make_pretraining_dataset,
 )
 from .scenes import SceneDataset, find_scenes
+from .torchgeo_source import GeoSamplerDataset, build_torchgeo_dataset
 
 
 __all__ = [
+    "GeoSamplerDataset",
     "ImageDecoder",
     "PretrainingDataLoader",
     "PretrainingDataset",
@@ -34,6 +37,7 @@ __all__ = [
     "SceneDataset",
     "StreamingDataLoader",
     "UnusableSampleError",
+    "build_torchgeo_dataset",
     "check_dataset",
     "find_scenes",
     "load_pretraining_dataset",

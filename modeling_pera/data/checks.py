@@ -17,6 +17,7 @@ from ..views import AlignedPairViews
 from .datasets import PretrainingDataset, PretrainingIterableDataset
 from .decoding import UnusableSampleError
 from .scenes import SceneDataset
+from .torchgeo_source import GeoSamplerDataset
 
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ def _checked_samples(
 ) -> Iterator[tuple[str, torch.Tensor | None, UnusableSampleError | None]]:
     """`(description, pixels, error)` of `num_checked` samples (pixels or error `None`): spread over a map-style
     dataset, the first of a stream."""
-    if isinstance(dataset, (PretrainingDataset, SceneDataset)):
+    if isinstance(dataset, (PretrainingDataset, SceneDataset, GeoSamplerDataset)):
         indices = np.unique(np.linspace(0, len(dataset) - 1, num=min(num_checked, len(dataset))).round().astype(int))
         for index in indices.tolist():
             try:
@@ -100,7 +101,7 @@ def check_dataset(
         raise ValueError(
             f"The image processor's band statistics are for 8-bit pixels (0-255, rescaled by 1/255), but {mismatch}. "
             "Convert the images to 8-bit, or pretrain with statistics made for their range (--processor_preset, e.g. "
-            "sentinel2-l2a for Sentinel-2 digital numbers)."
+            "sentinel2-l2a for Sentinel-2 digital numbers, or the bands' own --image_mean and --image_std)."
         )
     _report_small_images(dataset.views, decoded)
     errors = [error for _, _, error in results if error is not None]

@@ -11,7 +11,7 @@ fails offline) and `jobs` (`finetune_classification`, `upernet_for_pera`, `finet
 
 from .arguments import ClassificationArguments, FinetuningArguments, SegmentationArguments
 from .datasets import ImageClassificationFiles, RandomResizedCropTransform, SegmentationFiles
-from .jobs import finetune_classification, finetune_segmentation, upernet_for_pera
+from .jobs import finetune_classification, finetune_segmentation, pyramid_out_indices, upernet_for_pera
 from .layer_decay import LayerDecayTrainer, layer_decay_parameter_groups, parameter_depth
 from .metrics import classification_metrics, segmentation_metrics, segmentation_predictions
 
@@ -29,6 +29,7 @@ __all__ = [
     "finetune_segmentation",
     "layer_decay_parameter_groups",
     "parameter_depth",
+    "pyramid_out_indices",
     "segmentation_metrics",
     "segmentation_predictions",
     "upernet_for_pera",

@@ -146,6 +146,12 @@ def finetune_classification(
     return _train_and_evaluate(trainer)
 
 
+def pyramid_out_indices(num_hidden_layers: int) -> list[int]:
+    """The encoder stages a dense decoder reads by default: 4 evenly spaced blocks ending with the last, e.g.
+    `[3, 6, 9, 12]` (fewer when the encoder has fewer than 4 blocks)."""
+    return sorted({num_hidden_layers * quarter // 4 for quarter in range(1, 5)} - {0})
+
+
 def upernet_for_pera(
     model_name_or_path: str | os.PathLike,
     class_names: Sequence[str],
@@ -181,10 +187,7 @@ def upernet_for_pera(
         `UperNetForSemanticSegmentation`: in float32.
     """
     backbone_config = PeraConfig.from_pretrained(model_name_or_path, **config_overrides)
-    if out_indices is None:
-        num_layers = backbone_config.num_hidden_layers
-        out_indices = sorted({num_layers * quarter // 4 for quarter in range(1, 5)} - {0})
-    backbone_config.out_indices = list(out_indices)
+    backbone_config.out_indices = list(out_indices or pyramid_out_indices(backbone_config.num_hidden_layers))
     config = UperNetConfig(
         backbone_config=backbone_config,
         id2label=dict(enumerate(class_names)),
@@ -192,7 +195,7 @@ def upernet_for_pera(
         loss_ignore_index=ignore_index,
         hidden_size=decoder_hidden_size,
         auxiliary_channels=decoder_hidden_size // 2,
-        use_auxiliary_head=len(out_indices) >= 3,
+        use_auxiliary_head=len(backbone_config.out_indices) >= 3,
     )
     model = UperNetForSemanticSegmentation(config)
     # `AutoBackbone.from_pretrained` asks the Hub whether a local folder is a repository in transformers 5.24, and

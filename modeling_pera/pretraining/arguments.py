@@ -76,8 +76,20 @@ class PretrainingArguments:
             "random window read alone with rasterio (pip install 'modeling_pera[geo]')."
         },
     )
+    torchgeo_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "A TorchGeo raster dataset class over --torchgeo_paths, instead of --train_dir: a name in "
+            "torchgeo.datasets (RasterDataset, NAIP, Sentinel2, ...) or a dotted path; each sample is a window of "
+            "--scene_window_size px from its RandomGeoSampler (pip install 'modeling_pera[torchgeo]')."
+        },
+    )
+    torchgeo_paths: list[str] | None = field(
+        default=None, metadata={"help": "The files or folders the --torchgeo_dataset indexes."}
+    )
     scene_window_size: int | None = field(
-        default=None, metadata={"help": "Scene pixels per side of a window (default: the model's image_size)."}
+        default=None,
+        metadata={"help": "Pixels per side of a scene or TorchGeo window (default: the model's image_size)."},
     )
     scene_sample_size: int | None = field(
         default=None,
@@ -88,7 +100,10 @@ class PretrainingArguments:
     )
     scene_windows_per_epoch: int | None = field(
         default=None,
-        metadata={"help": "Windows per epoch (default: the scenes' valid area over a window's, each pixel ~once)."},
+        metadata={
+            "help": "Windows per epoch (default: the scenes' valid area over a window's, each pixel ~once; for "
+            "TorchGeo, its sampler's length)."
+        },
     )
     scene_min_valid_fraction: float = field(
         default=0.5, metadata={"help": "Windows with a smaller share of valid pixels (not nodata/NaN) are skipped."}
@@ -128,6 +143,16 @@ class PretrainingArguments:
             "help": "Band statistics of the inputs (default: pera-rgb for 3 bands, rgbn for 4).",
             "choices": list(PERA_PROCESSOR_PRESETS),
         },
+    )
+    image_mean: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "Per-band means of the images in their own units (e.g. 16-bit digital numbers), instead of a "
+            "--processor_preset; with --image_std, for bands no preset has (the images are then not rescaled)."
+        },
+    )
+    image_std: list[float] | None = field(
+        default=None, metadata={"help": "Per-band standard deviations, with --image_mean (positive)."}
     )
     ground_sampling_distance: float | None = field(
         default=None,
@@ -231,6 +256,7 @@ class PretrainingArguments:
             if getattr(self, name) is None:
                 setattr(self, name, value)
         self._check_values()
+        self._check_sources()
 
     def _check_values(self):
         """Flags that would otherwise mean something else silently (0 steps as 'unset') or fail hours later."""
@@ -276,19 +302,47 @@ class PretrainingArguments:
                     f"--model_name_or_path {self.model_name_or_path} lies in --output_dir {self.output_dir}, whose "
                     "previous run --overwrite_output_dir deletes: write the new run to another --output_dir."
                 )
+        if self.push_to_hub and not self.hub_model_id:  # checked now, not after hours of training
+            raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/pera-vit-small-rs).")
+
+    def _check_sources(self):
+        """The source of the images, its bands and their statistics: one source, and flags that fit it."""
         if self.bands is not None:
             if not self.bands:
                 raise ValueError("--bands needs at least one band index or name.")
             numeric = [band.lstrip("-").isdigit() for band in self.bands]
             if any(numeric) and not all(numeric):
                 raise ValueError(f"--bands takes band indices or band names, not both: got {self.bands}.")
-        if self.train_scenes and (self.train_dir or self.dataset_name or self.streaming):
-            raise ValueError("--train_scenes replaces --train_dir, --dataset_name and --streaming: give one source.")
+        window_sources = [name for name in ("train_scenes", "torchgeo_dataset") if getattr(self, name)]
+        if window_sources and (len(window_sources) > 1 or self.train_dir or self.dataset_name or self.streaming):
+            raise ValueError(
+                "--train_scenes and --torchgeo_dataset each replace --train_dir, --dataset_name and --streaming: give "
+                "one source of images."
+            )
+        if bool(self.torchgeo_dataset) != bool(self.torchgeo_paths):
+            raise ValueError("--torchgeo_dataset and --torchgeo_paths go together: the class and the files it reads.")
+        if self.torchgeo_dataset and (self.scene_sample_size or self.bands and self.bands[0].isdigit()):
+            raise ValueError(
+                "With --torchgeo_dataset, TorchGeo reads the windows: --bands takes the dataset's band names, and "
+                "--scene_sample_size does not apply (its res argument, in a subclass, sets the resolution)."
+            )
         for name in ("scene_window_size", "scene_sample_size", "scene_windows_per_epoch"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
-        if self.push_to_hub and not self.hub_model_id:  # checked now, not after hours of training
-            raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/pera-vit-small-rs).")
+        if (self.image_mean is None) != (self.image_std is None):
+            raise ValueError("--image_mean and --image_std go together: one value per band each.")
+        if self.image_mean is not None:
+            if self.processor_preset:
+                raise ValueError("--image_mean/--image_std replace --processor_preset's statistics: give one of them.")
+            if len(self.image_mean) != len(self.image_std):
+                raise ValueError(
+                    f"--image_mean has {len(self.image_mean)} values and --image_std {len(self.image_std)}: give one "
+                    "per band in both."
+                )
+            if not all(math.isfinite(std) and std > 0 for std in self.image_std):
+                raise ValueError(
+                    f"--image_std must be positive numbers (they divide the bands), got {self.image_std}."
+                )
 
     def model_config_overrides(self) -> dict:
         """The config settings of a new model: the recipe's, then `--config_overrides` on top; as many input

@@ -37,8 +37,9 @@ def build_model(arguments: PretrainingArguments) -> PeraForPreTraining:
 
 
 def build_processor(arguments: PretrainingArguments, config: PeraConfig) -> PeraImageProcessor:
-    """The processor of `--model_name_or_path` when it has one, else one of `--processor_preset` (by default the
-    statistics for 3 or 4 bands) at the model's input size; with `--ground_sampling_distance` recorded in it."""
+    """The processor of `--model_name_or_path` when it has one, else one with `--image_mean`/`--image_std` or of
+    `--processor_preset` (by default the statistics for 3 or 4 bands) at the model's input size; with
+    `--ground_sampling_distance` recorded in it."""
     if arguments.model_name_or_path and Path(arguments.model_name_or_path, "preprocessor_config.json").is_file():
         processor = PeraImageProcessor.from_pretrained(arguments.model_name_or_path)
     else:
@@ -49,13 +50,27 @@ def build_processor(arguments: PretrainingArguments, config: PeraConfig) -> Pera
 
 
 def _processor_from_preset(arguments: PretrainingArguments, config: PeraConfig) -> PeraImageProcessor:
+    size = {"height": config.image_size, "width": config.image_size}
+    if arguments.image_mean is not None:
+        if len(arguments.image_mean) != config.num_channels:
+            raise ValueError(
+                f"--image_mean has {len(arguments.image_mean)} values, the model has {config.num_channels} bands: give "
+                "one statistic per band."
+            )
+        return PeraImageProcessor(
+            num_channels=config.num_channels,
+            image_mean=arguments.image_mean,
+            image_std=arguments.image_std,
+            do_rescale=False,
+            size=size,
+        )
     preset = arguments.processor_preset or {3: "pera-rgb", 4: "rgbn"}.get(config.num_channels)
     if preset is None:
         raise ValueError(
             f"No default band statistics for {config.num_channels} bands: pass --processor_preset (e.g. "
-            "sentinel2-l2a for 12 Sentinel-2 L2A bands)."
+            "sentinel2-l2a for 12 Sentinel-2 L2A bands), or the bands' --image_mean and --image_std."
         )
-    processor = PeraImageProcessor.from_preset(preset, size={"height": config.image_size, "width": config.image_size})
+    processor = PeraImageProcessor.from_preset(preset, size=size)
     if processor.num_channels != config.num_channels:
         raise ValueError(
             f"--processor_preset {preset} has {processor.num_channels} bands but the model has {config.num_channels}; "

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -26,8 +27,10 @@ from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, se
 from ..cli import TrainingStopped
 from ..configuration_pera import PeraConfig
 from ..data import (
+    GeoSamplerDataset,
     SceneDataset,
     StreamingDataLoader,
+    build_torchgeo_dataset,
     check_dataset,
     find_scenes,
     load_pretraining_dataset,
@@ -163,12 +166,13 @@ def agreed(accelerator: Accelerator, wanted: bool, synchronising: bool) -> bool:
     return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
 
 
-def pretrain(arguments: PretrainingArguments) -> dict:
+def pretrain(arguments: PretrainingArguments, geo_source: tuple[Any, Any] | None = None) -> dict:
     """Runs PerA pretraining; returns a summary (steps, images/s, last losses, loss history).
 
-    SIGINT or SIGTERM stops the run after its current step with a checkpoint and raises [`~cli.TrainingStopped`],
-    whose message gives the command that resumes it."""
-    run = build_run(arguments)
+    `geo_source`, a TorchGeo dataset and its geo sampler `(dataset, sampler)`, is the source of the images instead of
+    the arguments' (see [`~data.GeoSamplerDataset`]). SIGINT or SIGTERM stops the run after its current step with a
+    checkpoint and raises [`~cli.TrainingStopped`], whose message gives the command that resumes it."""
+    run = build_run(arguments, geo_source)
     state = resume(run) if arguments.resume_from_checkpoint else TrainingState()
     monitor = DivergenceMonitor(
         run.accelerator,
@@ -223,14 +227,14 @@ def rendezvous_failure(timeout_seconds: int, error: Exception) -> str:
     )
 
 
-def build_run(arguments: PretrainingArguments) -> Run:
+def build_run(arguments: PretrainingArguments, geo_source: tuple[Any, Any] | None = None) -> Run:
     accelerator = start_accelerator(arguments)
     model = build_model(arguments)
     processor = build_processor(arguments, model.config)
     if arguments.activation_checkpointing:
         enable_activation_checkpointing(model, arguments.activation_checkpointing)
     views = AlignedPairViews(model.config, processor, defer_photometry=arguments.photometry_on_device)
-    dataloader = build_dataloader(arguments, views, model.config)
+    dataloader = build_dataloader(arguments, views, model.config, geo_source)
     if processor.ground_sampling_distance is None:  # scenes in metres know their pixel size
         processor.ground_sampling_distance = getattr(dataloader.dataset, "ground_sampling_distance", None)
     optimizer = torch.optim.AdamW(
@@ -277,8 +281,23 @@ def build_run(arguments: PretrainingArguments) -> Run:
     )
 
 
-def build_dataloader(arguments: PretrainingArguments, views: AlignedPairViews, config: PeraConfig):
-    if arguments.train_scenes:
+def build_dataloader(
+    arguments: PretrainingArguments,
+    views: AlignedPairViews,
+    config: PeraConfig,
+    geo_source: tuple[Any, Any] | None = None,
+):
+    if geo_source is not None:
+        dataset = GeoSamplerDataset(*geo_source, views, seed=arguments.seed)
+    elif arguments.torchgeo_dataset:
+        dataset = GeoSamplerDataset.random_windows(
+            build_torchgeo_dataset(arguments.torchgeo_dataset, arguments.torchgeo_paths, arguments.bands),
+            views,
+            window_size=arguments.scene_window_size,
+            windows_per_epoch=arguments.scene_windows_per_epoch,
+            seed=arguments.seed,
+        )
+    elif arguments.train_scenes:
         selection = arguments.band_selection()
         dataset = SceneDataset(
             find_scenes(arguments.train_scenes),
