@@ -8,9 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+import torch
+from safetensors.torch import load_file
 
-from modeling_pera import PeraConfig
-from modeling_pera.pretraining import PretrainingArguments
+from modeling_pera import PeraConfig, PeraImageProcessor, PeraModel
+from modeling_pera.pretraining import PretrainingArguments, pretrain
+from modeling_pera.views import AlignedPairViews
 
 
 TINY_SETTINGS = {
@@ -97,3 +100,46 @@ def tiny_arguments(train_dir, output_dir, **overrides) -> PretrainingArguments:
         seed=3,
     )
     return PretrainingArguments(**{**settings, **overrides})
+
+
+def sixteen_bit_views(global_crop_size=32, num_channels=4) -> AlignedPairViews:
+    """Views with band statistics for write_synthetic_scene's uint16 values (no rescaling)."""
+    return AlignedPairViews(
+        global_crop_size=global_crop_size,
+        local_crop_size=16,
+        num_global_crops=2,
+        num_local_crops=2,
+        image_mean=[1400.0] * num_channels,
+        image_std=[250.0] * num_channels,
+        offset=0.0,
+        rescale_factor=1.0,
+    )
+
+
+def sixteen_bit_start(folder: Path, num_channels: int = 4) -> Path:
+    """A tiny encoder with a processor for write_synthetic_scene's uint16 values, to continue from."""
+    PeraModel(tiny_config(num_channels=num_channels, num_local_crops=2)).save_pretrained(folder)
+    PeraImageProcessor(
+        num_channels=num_channels,
+        image_mean=[1400.0] * num_channels,
+        image_std=[250.0] * num_channels,
+        do_rescale=False,
+        size={"height": 32, "width": 32},
+    ).save_pretrained(folder)
+    return folder
+
+
+def assert_resumes_exactly(tmp_path: Path, **source) -> dict:
+    """Runs 4 tiny steps on `source` (PretrainingArguments fields) into tmp_path/full with a checkpoint at step 2, resumes
+    a copy of that checkpoint in tmp_path/interrupted, and asserts the same losses and bit-identical weights. Returns
+    the full run's summary."""
+    full = pretrain(tiny_arguments(None, tmp_path / "full", checkpointing_steps=2, **source))
+    interrupted = tmp_path / "interrupted"
+    (interrupted / "checkpoints").mkdir(parents=True)
+    (tmp_path / "full" / "checkpoints" / "step_2").rename(interrupted / "checkpoints" / "step_2")
+    resumed = pretrain(tiny_arguments(None, interrupted, resume_from_checkpoint="latest", **source))
+    assert resumed["loss_history"] == full["loss_history"][2:]
+    expected, got = load_file(tmp_path / "full" / "model.safetensors"), load_file(interrupted / "model.safetensors")
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+    return full

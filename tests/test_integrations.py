@@ -3,27 +3,13 @@ input named), and a PerA checkpoint fine-tuned as a TerraTorch backbone. Each sk
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from modeling_pera import PeraImageProcessor, PeraModel
 from modeling_pera.data import GeoSamplerDataset, build_torchgeo_dataset, check_dataset
 from modeling_pera.pretraining import PretrainingArguments, pretrain
 from modeling_pera.raster import write_synthetic_scene
 from modeling_pera.views import AlignedPairViews
-from pera_testing import tiny_arguments, tiny_config
-
-
-def sixteen_bit_start(folder, num_channels=4):
-    """A tiny 4-band encoder with a processor for write_synthetic_scene's uint16 values, to continue from."""
-    PeraModel(tiny_config(num_channels=num_channels, num_local_crops=2)).save_pretrained(folder)
-    PeraImageProcessor(
-        num_channels=num_channels,
-        image_mean=[1400.0] * num_channels,
-        image_std=[250.0] * num_channels,
-        do_rescale=False,
-        size={"height": 32, "width": 32},
-    ).save_pretrained(folder)
-    return folder
+from pera_testing import assert_resumes_exactly, sixteen_bit_start, sixteen_bit_views, tiny_arguments, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -33,19 +19,6 @@ def scene_folder(tmp_path_factory):
     for name in ("east", "west"):
         write_synthetic_scene(folder / f"{name}.tif", size=256, border=0, overviews=False)
     return folder
-
-
-def sixteen_bit_views() -> AlignedPairViews:
-    return AlignedPairViews(
-        global_crop_size=32,
-        local_crop_size=16,
-        num_global_crops=2,
-        num_local_crops=2,
-        image_mean=[1400.0] * 4,
-        image_std=[250.0] * 4,
-        offset=0.0,
-        rescale_factor=1.0,
-    )
 
 
 def test_torchgeo_windows_are_a_function_of_seed_epoch_and_index(scene_folder):
@@ -70,16 +43,7 @@ def test_pretraining_from_a_torchgeo_dataset_trains_and_resumes_exactly(scene_fo
         model_name_or_path=str(sixteen_bit_start(tmp_path / "start")),
         dataloader_num_workers=2,
     )
-    full = pretrain(tiny_arguments(None, tmp_path / "full", checkpointing_steps=2, **source))
-    assert full["completed_steps"] == 4
-    interrupted = tmp_path / "interrupted"
-    (interrupted / "checkpoints").mkdir(parents=True)
-    (tmp_path / "full" / "checkpoints" / "step_2").rename(interrupted / "checkpoints" / "step_2")
-    resumed = pretrain(tiny_arguments(None, interrupted, resume_from_checkpoint="latest", **source))
-    assert resumed["loss_history"] == full["loss_history"][2:]
-    expected, got = load_file(tmp_path / "full" / "model.safetensors"), load_file(interrupted / "model.safetensors")
-    for name in expected:
-        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+    assert assert_resumes_exactly(tmp_path, **source)["completed_steps"] == 4
     assert PeraImageProcessor.from_pretrained(tmp_path / "full" / "encoder").ground_sampling_distance == 10.0
 
 

@@ -6,14 +6,18 @@ import sys
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from modeling_pera import PeraImageProcessor, PeraModel
+from modeling_pera import PeraImageProcessor
 from modeling_pera.data import SceneDataset, check_dataset, find_scenes, make_pretraining_dataloader
 from modeling_pera.pretraining import pretrain
 from modeling_pera.raster import RasterReadError, write_band_stack_vrt, write_synthetic_scene
-from modeling_pera.views import AlignedPairViews
-from pera_testing import tiny_arguments, tiny_config, tiny_config_overrides
+from pera_testing import (
+    assert_resumes_exactly,
+    sixteen_bit_start,
+    sixteen_bit_views,
+    tiny_arguments,
+    tiny_config_overrides,
+)
 
 
 rasterio = pytest.importorskip("rasterio", reason="the geo extra (rasterio) is not installed")
@@ -27,19 +31,6 @@ NODATA = 0  # write_synthetic_scene's nodata; its default border of 1500 px is 3
 @pytest.fixture(scope="module")
 def big_scene(tmp_path_factory):
     return write_synthetic_scene(tmp_path_factory.mktemp("scenes") / "scene.tif")
-
-
-def sixteen_bit_views(global_crop_size=32, num_channels=4) -> AlignedPairViews:
-    return AlignedPairViews(
-        global_crop_size=global_crop_size,
-        local_crop_size=16,
-        num_global_crops=2,
-        num_local_crops=2,
-        image_mean=[1400.0] * num_channels,
-        image_std=[250.0] * num_channels,
-        offset=0.0,
-        rescale_factor=1.0,
-    )
 
 
 class ReadLog:
@@ -87,32 +78,15 @@ def test_a_full_resolution_window_holds_the_scene_s_pixels(big_scene):
 
 
 def test_pretraining_from_a_scene_trains_and_resumes_exactly(big_scene, tmp_path):
-    encoder = tmp_path / "start"
-    PeraModel(tiny_config(num_channels=4, num_local_crops=2)).save_pretrained(encoder)
-    PeraImageProcessor(
-        num_channels=4,
-        image_mean=[1400.0] * 4,
-        image_std=[250.0] * 4,
-        do_rescale=False,
-        size={"height": 32, "width": 32},
-    ).save_pretrained(encoder)
     scenes = dict(
         train_scenes=[str(big_scene)],
         scene_window_size=128,
         scene_sample_size=32,
-        model_name_or_path=str(encoder),
+        model_name_or_path=str(sixteen_bit_start(tmp_path / "start")),
         dataloader_num_workers=2,
     )
-    full = pretrain(tiny_arguments(None, tmp_path / "full", checkpointing_steps=2, **scenes))
+    full = assert_resumes_exactly(tmp_path, **scenes)
     assert full["replaced_samples"] > 0  # windows in the nodata border, skipped
-    interrupted = tmp_path / "interrupted"
-    (interrupted / "checkpoints").mkdir(parents=True)
-    (tmp_path / "full" / "checkpoints" / "step_2").rename(interrupted / "checkpoints" / "step_2")
-    resumed = pretrain(tiny_arguments(None, interrupted, resume_from_checkpoint="latest", **scenes))
-    assert resumed["loss_history"] == full["loss_history"][2:]
-    expected, got = load_file(tmp_path / "full" / "model.safetensors"), load_file(interrupted / "model.safetensors")
-    for name in expected:
-        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
     # The exported processor records the pixel size of the windows: 10 m scene pixels, 128 px read at 32 px.
     assert PeraImageProcessor.from_pretrained(tmp_path / "full" / "encoder").ground_sampling_distance == 40.0
 
