@@ -22,9 +22,9 @@ from modeling_pera.pretraining import (
     CheckpointError,
     PretrainingArguments,
     build_model,
+    parameter_groups,
     parse_config_overrides,
     pretrain,
-    student_parameter_groups,
 )
 from modeling_pera.pretraining.checkpoints import stream_state_path
 from modeling_pera.schedules import PretrainingSchedule
@@ -75,7 +75,7 @@ def test_schedules_follow_the_reference_shapes():
 
 def test_only_student_matrices_are_decayed():
     model = PeraForPreTraining(PeraConfig(**parse_config_overrides(TINY_MODEL)))
-    decayed, not_decayed = student_parameter_groups(model)
+    decayed, not_decayed = parameter_groups(model)
     names = {id(p): name for name, p in model.named_parameters()}
     decayed_names = {names[id(p)] for p in decayed["params"]}
     not_decayed_names = {names[id(p)] for p in not_decayed["params"]}
