@@ -1,6 +1,8 @@
 """The MAE baseline: transformers' ViTMAE with PerA's encoder, initialised as MAE intends, trained by PerA's loop on
 PerA's data (`--method mae`)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,14 @@ from PIL import Image
 from modeling_pera import PeraConfig
 from modeling_pera.baselines import build_mae, mae_config_from_pera
 from modeling_pera.evaluation import load_encoder
-from modeling_pera.pretraining import CheckpointError, TrainingDivergedError, methods, parse_config_overrides, pretrain
+from modeling_pera.pretraining import (
+    CheckpointError,
+    PretrainingArguments,
+    TrainingDivergedError,
+    methods,
+    parse_config_overrides,
+    pretrain,
+)
 from pera_testing import TINY_MODEL, assert_resumes_exactly, tiny_arguments, tiny_config
 
 
@@ -97,6 +106,9 @@ def test_mae_takes_its_own_recipe_and_refuses_what_is_pera_s_only(tmp_path):
             tiny_arguments(None, tmp_path, method="mae", hub_model_id="a/b", **flags)
     with pytest.raises(ValueError, match="Unknown --method 'dino'"):
         tiny_arguments(None, tmp_path, method="dino")
+    # the flag offers the methods the loop knows
+    choices = {field.name: field for field in dataclasses.fields(PretrainingArguments)}["method"].metadata["choices"]
+    assert sorted(choices) == sorted(methods.METHODS)
 
 
 def test_mae_refuses_a_diverged_loss(tmp_path, monkeypatch):
