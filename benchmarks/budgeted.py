@@ -79,38 +79,15 @@ def train_one(job: dict) -> dict:
     """
     Pretrains one configuration for `job["steps"]` steps (in its own process); returns its training summary.
 
-    `job["method"]` is `pera`, `full_view` or `mae`; for PerA, `job["flags"]` holds `PretrainingArguments` fields that
-    replace the job's (the recipe, short-budget by default; the number of DataLoader workers; ...), except that its
-    `config_overrides` are added to the setting's.
+    `job["method"]` is `pera`, `full_view` or `mae` (the MAE baseline, through the same loop with `--method mae`);
+    `job["flags"]` holds `PretrainingArguments` fields that replace the job's (the recipe, short-budget by default for
+    PerA; the number of DataLoader workers; ...), except that its `config_overrides` are added to the setting's.
     """
-    from modeling_pera import PeraConfig
-    from modeling_pera.pretraining import PretrainingArguments, parse_config_overrides, pretrain
+    from modeling_pera.pretraining import PretrainingArguments, pretrain
 
     flags = dict(job.get("flags") or {})
     overrides = merged_overrides(job["config_overrides"], flags.pop("config_overrides", None))
-    logging_steps = job.get("logging_steps") or max(1, job["steps"] // 10)
-    if job["method"] == "mae":
-        from modeling_pera.baselines import build_mae, mae_config_from_pera, pretrain_mae
-        from modeling_pera.pretraining import build_processor
-
-        arguments = PretrainingArguments(output_dir=job["output_dir"], model_size=job["model_size"])
-        pera_config = PeraConfig.from_preset(job["model_size"], **parse_config_overrides(overrides))
-        return pretrain_mae(
-            build_mae(mae_config_from_pera(pera_config)),
-            pera_config,
-            build_processor(arguments, pera_config),
-            train_dir=job["train_dir"],
-            output_dir=job["output_dir"],
-            total_steps=job["steps"],
-            batch_size=job["batch_size"],
-            seed=job["seed"],
-            num_workers=job["num_workers"],
-            device=job["device"],
-            snapshot_steps=tuple(job["snapshot_steps"]),
-            logging_steps=logging_steps,
-            max_train_minutes=job.get("max_train_minutes"),
-        )
-    # What `accelerate launch` would be told: bf16 autocast on the GPU (as the MAE loop uses), else the CPU only.
+    # What `accelerate launch` would be told: bf16 autocast on the GPU, else the CPU only.
     if job["device"] == "cuda":
         os.environ.setdefault("ACCELERATE_MIXED_PRECISION", "bf16")
     else:
@@ -120,10 +97,11 @@ def train_one(job: dict) -> dict:
         "overwrite_output_dir": True,  # a benchmark re-run replaces its runs
         "train_dir": job["train_dir"],
         "model_size": job["model_size"],
+        "method": "mae" if job["method"] == "mae" else "pera",
         "recipe": "short-budget",
         "per_device_train_batch_size": job["batch_size"],
         "max_train_steps": job["steps"],
-        "logging_steps": logging_steps,
+        "logging_steps": job.get("logging_steps") or max(1, job["steps"] // 10),
         "seed": job["seed"],
         "dataloader_num_workers": job["num_workers"],
         "snapshot_steps": job["snapshot_steps"],

@@ -10,7 +10,7 @@ does the rest, batched), and the bytes each image sends from the workers to the 
 With --scenes it compares the two ways of pretraining on a large scene, on the same pixels: random windows read with
 rasterio from the scene (`--train_scenes`, at full resolution and at half through the overviews) against the scene
 cut beforehand into tiles of the window's size (`--train_dir`; the tiles with at least half their pixels valid, as
-the window sampler keeps). The scene is synthetic (`modeling_pera.raster.write_synthetic_scene`, --scene_size px
+the window sampler keeps). The scene is synthetic (`modeling_pera.scene_io.write_synthetic_scene`, --scene_size px
 square, default 8000, 4 uint16 bands, a nodata border of 3/16 of its side), written to a temporary folder with its
 tiles of --scene_window_size px (default 256).
 
@@ -120,7 +120,7 @@ def scene_rows(arguments) -> list[dict]:
         make_pretraining_dataset,
     )
     from modeling_pera.pretraining import parse_config_overrides
-    from modeling_pera.raster import write_synthetic_scene
+    from modeling_pera.scene_io import write_synthetic_scene
     from modeling_pera.views import AlignedPairViews
 
     overrides = {**parse_config_overrides(arguments.config_overrides), "num_channels": 4}

@@ -9,7 +9,8 @@ Methods:
 - `pera`: PeraForPreTraining with the short-budget recipe (`modeling_pera.pretraining.RECIPES["short-budget"]`);
 - `full_view`: the same model and recipe with `full_views=True` (student and teacher see every patch: DINO-style
   aligned-pair distillation without PerA's masks, no pixel prediction);
-- `mae`: `ViTMAEForPreTraining` with the same encoder (`modeling_pera.baselines`), one global crop per image;
+- `mae`: `ViTMAEForPreTraining` with the same encoder (`modeling_pera.baselines`), one global crop per image, trained
+  by the same loop (`--method mae`);
 - `random_init`: the PerA encoder with random weights (the floor, and each curve's point at time 0).
 
 Each method first measures its steady-state step time (a short calibration run), then trains until its training time

@@ -32,19 +32,15 @@ VARIANTS = ("pera", "full_view", "mae")
 
 def build(variant: str, config, device: torch.device):
     from modeling_pera import PeraForPreTraining
-    from modeling_pera.baselines import build_mae, mae_config_from_pera, mae_parameter_groups
-    from modeling_pera.pretraining import student_parameter_groups
+    from modeling_pera.baselines import build_mae, mae_config_from_pera
+    from modeling_pera.pretraining import parameter_groups
 
     if variant == "mae":
         model = build_mae(mae_config_from_pera(config))
-        groups = [
-            {**group, "apply_weight_decay": group.pop("weight_decay") > 0} for group in mae_parameter_groups(model)
-        ]
     else:
         config.full_views = variant == "full_view"
         model = PeraForPreTraining(config)
-        groups = student_parameter_groups(model)
-    return model.to(device).train(), groups
+    return model.to(device).train(), parameter_groups(model)
 
 
 def synthetic_batch(variant: str, config, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@
 # limitations under the License.
 """Bands and pixels, the package's single home of both: band names, wavelengths and normalisation statistics of the
 common sensors (RGB, RGB+NIR, Sentinel-2) and the image processor's presets built from them, how a PIL image's mode
-becomes bands, and the rule for statistics made for 8-bit pixels.
+becomes bands, which axis of an array holds the bands, and the rule for statistics made for 8-bit pixels.
 
 [`PeraImageProcessor`] (`image_processing_pera.py`) uses them, and so do pretraining, evaluation and fine-tuning. This
 file is part of the Hub code: `image_processing_pera.py` imports it relatively, and transformers copies it with the
@@ -180,7 +180,58 @@ def pil_image_to_bands(image: Image.Image, num_channels: int | None = None) -> n
     return pixels
 
 
+# The preset an error suggests for an image of this many bands.
+PRESET_FOR_BAND_COUNT = {3: "pera-rgb", 4: "rgbn", 12: "sentinel2-l2a", 13: "sentinel2-l1c"}
+
+
+def band_layout(
+    shape: tuple[int, ...], index: int, input_data_format: str | None, expected: int, band_names: list[str] | None
+) -> str:
+    """
+    Where the bands of image `index`, of `shape`, are: "channels_first" or "channels_last" (a 2-D image is one band,
+    first). Without `input_data_format`, the axis is the first or last of size `expected`. Raises a `ValueError`
+    naming the fix when the image does not have `expected` bands or its band axis is ambiguous.
+    """
+    names = f" ({', '.join(band_names)})" if band_names else ""
+    if len(shape) == 2:
+        shape, input_data_format = (1, *shape), "channels_first"
+    elif len(shape) != 3:
+        raise ValueError(
+            f"Image {index} has shape {shape}; expected (height, width), (bands, height, width) or "
+            "(height, width, bands)."
+        )
+    if input_data_format is None:
+        first_matches, last_matches = shape[0] == expected, shape[-1] == expected
+        if first_matches and last_matches:
+            raise ValueError(
+                f"Image {index} has shape {shape}: both its first and last axes could hold the {expected} bands. Pass "
+                "input_data_format='channels_first' or input_data_format='channels_last'."
+            )
+        if first_matches or last_matches:
+            input_data_format = "channels_first" if first_matches else "channels_last"
+    if input_data_format == "channels_last":
+        shape = (shape[2], shape[0], shape[1])
+    if input_data_format is not None and shape[0] == expected:
+        return input_data_format
+    if input_data_format is None:
+        got = f"shape {shape} with neither the first nor the last axis of size {expected}"
+        got_bands = min(shape[0], shape[-1])
+    else:
+        got = f"{shape[0]} bands (shape {shape} read as {input_data_format})"
+        got_bands = shape[0]
+    suggestion = ""
+    if got_bands in PRESET_FOR_BAND_COUNT:
+        suggestion = f" e.g. PeraImageProcessor.from_preset('{PRESET_FOR_BAND_COUNT[got_bands]}'), or"
+    raise ValueError(
+        f"This processor expects {expected} bands{names} but image {index} has {got}. Use a processor configured for "
+        f"the image's bands:{suggestion} pass num_channels, image_mean and image_std (one value per band); or fix "
+        "input_data_format if the band axis was misread."
+    )
+
+
 __all__ = [
+    "PRESET_FOR_BAND_COUNT",
+    "band_layout",
     "PERA_IMAGE_SIZE",
     "PERA_PROCESSOR_PRESETS",
     "PERA_RGB_MEAN",

@@ -47,6 +47,7 @@ from .bands_pera import (
     SENTINEL2_L2A_MEAN,
     SENTINEL2_L2A_STD,
     SENTINEL2_WAVELENGTHS,
+    band_layout,
     eight_bit_range_problem,
     has_8_bit_statistics,
     pil_image_to_bands,
@@ -55,9 +56,6 @@ from .bands_pera import (
 
 logger = logging.get_logger(__name__)
 
-
-# Which preset to suggest when an image arrives with a given number of bands.
-_PRESET_FOR_BAND_COUNT = {3: "pera-rgb", 4: "rgbn", 12: "sentinel2-l2a", 13: "sentinel2-l1c"}
 
 # PIL's integer codes for the interpolation filters this processor implements, and the torch modes they map to.
 _TORCH_MODE_FOR_RESAMPLE = {2: "bilinear", 3: "bicubic"}
@@ -531,7 +529,11 @@ class PeraImageProcessor(BaseImageProcessor):
                 "(read files with PIL.Image.open or modeling_pera.raster.read_raster first)."
             )
 
-        tensor = self._move_bands_first(tensor, index, input_data_format, num_bands, band_names)
+        layout = band_layout(tuple(tensor.shape), index, input_data_format, num_bands, band_names)
+        if tensor.ndim == 2:
+            tensor = tensor.unsqueeze(0)
+        elif layout == "channels_last":
+            tensor = tensor.permute(2, 0, 1)
         if tensor.numel() == 0:
             raise ValueError(f"Image {index} has shape {tuple(tensor.shape)}: it holds no pixels.")
         if not torch.isfinite(tensor).all():
@@ -539,51 +541,6 @@ class PeraImageProcessor(BaseImageProcessor):
                 f"Image {index} contains NaN or infinite values; fill or mask them first (e.g. np.nan_to_num)."
             )
         return tensor, is_float
-
-    @staticmethod
-    def _move_bands_first(
-        image: torch.Tensor, index: int, input_data_format: str | None, expected: int, band_names: list[str] | None
-    ) -> torch.Tensor:
-        """Puts the band axis first, inferring it from the `expected` number of bands when `input_data_format` is
-        unset."""
-        names = f" ({', '.join(band_names)})" if band_names else ""
-        if image.ndim == 2:
-            image = image.unsqueeze(0)
-            input_data_format = "channels_first"
-        elif image.ndim != 3:
-            raise ValueError(
-                f"Image {index} has shape {tuple(image.shape)}; expected (height, width), (bands, height, width) or "
-                "(height, width, bands)."
-            )
-        if input_data_format is None:
-            first_matches = image.shape[0] == expected
-            last_matches = image.shape[-1] == expected
-            if first_matches and last_matches:
-                raise ValueError(
-                    f"Image {index} has shape {tuple(image.shape)}: both its first and last axes could hold the "
-                    f"{expected} bands. Pass input_data_format='channels_first' or input_data_format='channels_last'."
-                )
-            if first_matches or last_matches:
-                input_data_format = "channels_first" if first_matches else "channels_last"
-        if input_data_format == "channels_last":
-            image = image.permute(2, 0, 1)
-
-        if input_data_format is None or image.shape[0] != expected:
-            if input_data_format is None:
-                got = f"shape {tuple(image.shape)} with neither the first nor the last axis of size {expected}"
-                got_bands = min(image.shape[0], image.shape[-1])
-            else:
-                got = f"{image.shape[0]} bands (shape {tuple(image.shape)} read as {input_data_format})"
-                got_bands = image.shape[0]
-            suggestion = ""
-            if got_bands in _PRESET_FOR_BAND_COUNT:
-                suggestion = f" e.g. PeraImageProcessor.from_preset('{_PRESET_FOR_BAND_COUNT[got_bands]}'), or"
-            raise ValueError(
-                f"This processor expects {expected} bands{names} but image {index} has {got}. Use a processor "
-                f"configured for the image's bands:{suggestion} pass num_channels, image_mean and image_std (one "
-                f"value per band); or fix input_data_format if the band axis was misread."
-            )
-        return image
 
     @staticmethod
     def _transform(

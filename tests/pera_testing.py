@@ -129,17 +129,18 @@ def sixteen_bit_start(folder: Path, num_channels: int = 4) -> Path:
     return folder
 
 
-def assert_resumes_exactly(tmp_path: Path, **source) -> dict:
+def assert_resumes_exactly(tmp_path: Path, weights: str = "model.safetensors", **source) -> dict:
     """Runs 4 tiny steps on `source` (PretrainingArguments fields) into tmp_path/full with a checkpoint at step 2, resumes
-    a copy of that checkpoint in tmp_path/interrupted, and asserts the same losses and bit-identical weights. Returns
-    the full run's summary."""
-    full = pretrain(tiny_arguments(None, tmp_path / "full", checkpointing_steps=2, **source))
+    a copy of that checkpoint in tmp_path/interrupted, and asserts the same losses and bit-identical `weights` (a file
+    of the output folder). Returns the full run's summary."""
+    train_dir = source.pop("train_dir", None)
+    full = pretrain(tiny_arguments(train_dir, tmp_path / "full", checkpointing_steps=2, **source))
     interrupted = tmp_path / "interrupted"
     (interrupted / "checkpoints").mkdir(parents=True)
     (tmp_path / "full" / "checkpoints" / "step_2").rename(interrupted / "checkpoints" / "step_2")
-    resumed = pretrain(tiny_arguments(None, interrupted, resume_from_checkpoint="latest", **source))
+    resumed = pretrain(tiny_arguments(train_dir, interrupted, resume_from_checkpoint="latest", **source))
     assert resumed["loss_history"] == full["loss_history"][2:]
-    expected, got = load_file(tmp_path / "full" / "model.safetensors"), load_file(interrupted / "model.safetensors")
+    expected, got = load_file(tmp_path / "full" / weights), load_file(interrupted / weights)
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
     return full

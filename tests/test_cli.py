@@ -55,8 +55,8 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_run_resumes_exa
     run = tmp_path / "run"
     take_step = loop.training_step
 
-    def step_and_signal_during_the_second(run_, batch, values, temperature, state):
-        outputs = take_step(run_, batch, values, temperature, state)
+    def step_and_signal_during_the_second(run_, batch, values, state):
+        outputs = take_step(run_, batch, values, state)
         if state.completed_steps == 1:
             os.kill(os.getpid(), signal_number)
         return outputs
@@ -80,8 +80,8 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_run_resumes_exa
 def test_a_signal_at_a_checkpoint_step_writes_no_second_checkpoint(images, tmp_path, monkeypatch):
     take_step = loop.training_step
 
-    def step_and_signal(run_, batch, values, temperature, state):
-        outputs = take_step(run_, batch, values, temperature, state)
+    def step_and_signal(run_, batch, values, state):
+        outputs = take_step(run_, batch, values, state)
         if state.completed_steps == 1:
             os.kill(os.getpid(), signal.SIGINT)
         return outputs

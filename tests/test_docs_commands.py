@@ -4,6 +4,7 @@ and config file it names exists and knows the flags, every `make` line is a vali
 block compiles and its imports resolve. Nothing heavy runs: the parse stops before any training or download."""
 
 import ast
+import collections
 import contextlib
 import importlib.util
 import io
@@ -161,3 +162,14 @@ def test_the_quality_figures_of_the_main_job_are_the_committed_results():
     block = re.search(r"<!-- BEGIN make-pretrain -->\n(.*?)\n<!-- END make-pretrain -->", training, re.DOTALL)
     assert block is not None, "docs/training.md lacks the generated make-pretrain block"
     assert block.group(1) == make_pretrain.table(make_pretrain.committed_reports())
+
+
+def test_the_architecture_page_draws_every_module_and_no_other():
+    # docs/architecture.md draws the package module by module: adding, moving or renaming a module updates the page
+    page = (REPOSITORY / "docs" / "architecture.md").read_text()
+    drawn = collections.Counter(re.findall(r"^\s+(\w+\.py)\s", page, re.MULTILINE))
+    package = REPOSITORY / "modeling_pera"
+    modules = collections.Counter(path.name for path in package.rglob("*.py") if path.name != "__init__.py")
+    assert not modules - drawn, f"modules missing from docs/architecture.md: {sorted(modules - drawn)}"
+    stale = [name for name in drawn if not any(REPOSITORY.glob(f"**/{name}"))]
+    assert not stale, f"docs/architecture.md draws modules that do not exist: {stale}"

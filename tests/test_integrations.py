@@ -7,7 +7,7 @@ import torch
 from modeling_pera import PeraImageProcessor, PeraModel
 from modeling_pera.data import GeoSamplerDataset, build_torchgeo_dataset, check_dataset
 from modeling_pera.pretraining import PretrainingArguments, pretrain
-from modeling_pera.raster import write_synthetic_scene
+from modeling_pera.scene_io import write_synthetic_scene
 from modeling_pera.views import AlignedPairViews
 from pera_testing import assert_resumes_exactly, sixteen_bit_start, sixteen_bit_views, tiny_arguments, tiny_config
 

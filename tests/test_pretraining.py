@@ -17,14 +17,15 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from fixtures import make_loop_fixture
 from modeling_pera import PeraConfig, PeraForPreTraining
 from modeling_pera.pretraining import (
     CheckpointError,
     PretrainingArguments,
     build_model,
+    parameter_groups,
     parse_config_overrides,
     pretrain,
-    student_parameter_groups,
 )
 from modeling_pera.pretraining.checkpoints import stream_state_path
 from modeling_pera.schedules import PretrainingSchedule
@@ -75,7 +76,7 @@ def test_schedules_follow_the_reference_shapes():
 
 def test_only_student_matrices_are_decayed():
     model = PeraForPreTraining(PeraConfig(**parse_config_overrides(TINY_MODEL)))
-    decayed, not_decayed = student_parameter_groups(model)
+    decayed, not_decayed = parameter_groups(model)
     names = {id(p): name for name, p in model.named_parameters()}
     decayed_names = {names[id(p)] for p in decayed["params"]}
     not_decayed_names = {names[id(p)] for p in not_decayed["params"]}
@@ -135,6 +136,19 @@ def test_multispectral_geotiffs_train_and_export(tmp_path):
     processor = json.loads((tmp_path / "run" / "encoder" / "preprocessor_config.json").read_text())
     assert len(processor["image_mean"]) == 4
     assert load_encoder_without_package(tmp_path / "run" / "encoder", num_channels=4) == "PeraModel (1, 32)"
+
+
+LOOP_FIXTURE = Path(__file__).parent / "fixtures" / "loop_losses_3e8d398.json"
+
+
+@pytest.mark.parametrize("recipe", make_loop_fixture.RECIPES)
+def test_the_loop_gives_the_losses_it_gave_before_the_mae_baseline_joined_it(recipe, tmp_path):
+    # tests/fixtures/README.md: recorded by the loop of commit 3e8d398, at a fixed seed
+    expected = json.loads(LOOP_FIXTURE.read_text())[recipe]
+    images = make_loop_fixture.write_images(tmp_path / "images")
+    got = make_loop_fixture.loss_history(images, tmp_path / "run", recipe)
+    assert [step for step, _ in got] == [step for step, _ in expected]
+    np.testing.assert_allclose([loss for _, loss in got], [loss for _, loss in expected], rtol=1e-5, atol=0)
 
 
 def test_resume_reaches_the_same_weights_and_losses(tmp_path):

@@ -25,6 +25,7 @@ from modeling_pera.pretraining import (
     pretrain,
 )
 from modeling_pera.pretraining.checkpoints import MANIFEST_NAME, TRAINER_STATE_NAME, latest_checkpoint
+from modeling_pera.pretraining.methods import PeraMethod
 from modeling_pera.pretraining.monitoring import DivergenceMonitor
 from modeling_pera.raster import find_images
 from pera_testing import TINY_SETTINGS, tiny_arguments, tiny_config, write_random_tiffs
@@ -78,7 +79,9 @@ def test_a_diverging_run_stops_before_saving_non_finite_weights(images, tmp_path
 
 def test_non_finite_weights_with_a_finite_loss_are_caught_before_a_save():
     model = PeraForPreTraining(tiny_config())
-    monitor = DivergenceMonitor(Accelerator(cpu=True), completed_steps=7, checkpoints_dir="out/checkpoints")
+    monitor = DivergenceMonitor(
+        Accelerator(cpu=True), completed_steps=7, checkpoints_dir="out/checkpoints", loss_terms=PeraMethod.loss_terms
+    )
     monitor.check(model)  # all finite: no error
     with torch.no_grad():
         model.student.layers[0].attention.q_proj.weight[0, 0] = float("inf")
@@ -87,7 +90,9 @@ def test_non_finite_weights_with_a_finite_loss_are_caught_before_a_save():
 
 
 def test_the_monitor_names_the_first_non_finite_step_and_its_loss_terms():
-    monitor = DivergenceMonitor(Accelerator(cpu=True), completed_steps=10, checkpoints_dir="out/checkpoints")
+    monitor = DivergenceMonitor(
+        Accelerator(cpu=True), completed_steps=10, checkpoints_dir="out/checkpoints", loss_terms=PeraMethod.loss_terms
+    )
     finite = {
         "loss": torch.tensor(1.0),
         "dino_loss": torch.tensor(0.5),

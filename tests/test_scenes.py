@@ -10,7 +10,8 @@ import torch
 from modeling_pera import PeraImageProcessor
 from modeling_pera.data import SceneDataset, check_dataset, find_scenes, make_pretraining_dataloader
 from modeling_pera.pretraining import pretrain
-from modeling_pera.raster import RasterReadError, write_band_stack_vrt, write_synthetic_scene
+from modeling_pera.raster import RasterReadError
+from modeling_pera.scene_io import write_band_stack_vrt, write_synthetic_scene
 from pera_testing import (
     assert_resumes_exactly,
     sixteen_bit_start,

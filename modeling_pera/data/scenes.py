@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from ..raster import RasterReadError, SceneInfo, band_count_advice, describe_scene, import_rasterio, read_scene_window
+from ..raster import RasterReadError, band_count_advice
+from ..scene_io import SceneInfo, describe_scene, import_rasterio, read_scene_window
 from ..views import AlignedPairViews
 from .datasets import seeded_generator
 

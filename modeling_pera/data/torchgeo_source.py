@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..raster import pixel_size_in_metres
+from ..scene_io import pixel_size_in_metres
 from ..views import AlignedPairViews
 from .datasets import seeded_generator
 

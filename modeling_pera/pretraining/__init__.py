@@ -1,7 +1,7 @@
 """PerA pretraining: arguments and recipes, the parts of a run, the loop, checkpoints and exports (see loop.py)."""
 
 from .arguments import RECIPES, PretrainingArguments, parse_config_overrides
-from .building import build_model, build_processor, enable_activation_checkpointing, student_parameter_groups
+from .building import build_model, build_processor, enable_activation_checkpointing, parameter_groups
 from .checkpoints import (
     CheckpointError,
     CheckpointWriteError,
@@ -29,10 +29,10 @@ __all__ = [
     "export_encoder",
     "export_pretrained",
     "latest_checkpoint",
+    "parameter_groups",
     "parse_config_overrides",
     "pretrain",
     "push_encoder",
     "save_model_folder",
     "snapshot_directory",
-    "student_parameter_groups",
 ]

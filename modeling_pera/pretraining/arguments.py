@@ -15,11 +15,14 @@ from ..configuration_pera import PERA_PRESETS
 # a few hundred steps, each change measured by benchmarks/sweep.py (docs/training.md): fewer prototypes, lighter drop
 # path, an lr for small batches, a faster-moving teacher, narrower heads and fewer local crops (1.65x the steps in the
 # same time), per-patch normalised pixel targets (MAE's norm_pix_loss: better on every probe, two seeds) and a softer
-# teacher (temperature 0.04 -> 0.07, the DINO paper's warm-up, instead of 0.03 -> 0.05: kNN +4, two seeds).
+# teacher (temperature 0.04 -> 0.07, the DINO paper's warm-up, instead of 0.03 -> 0.05: kNN +4, two seeds). Both keep
+# the reference's lr floor and weight decay.
+REFERENCE_DECAY = {"min_learning_rate": 1e-6, "weight_decay_start": 0.04, "weight_decay_end": 0.2}
 RECIPES: dict[str, dict[str, dict]] = {
     "reference": {
         "config": {},
         "arguments": {
+            **REFERENCE_DECAY,
             "learning_rate": 1e-3,
             "momentum_start": 0.992,
             "teacher_temperature_start": 0.03,
@@ -36,6 +39,7 @@ RECIPES: dict[str, dict[str, dict]] = {
             "normalize_pixel_targets": True,
         },
         "arguments": {
+            **REFERENCE_DECAY,
             "learning_rate": 2e-4,
             "momentum_start": 0.95,
             "teacher_temperature_start": 0.04,
@@ -43,6 +47,10 @@ RECIPES: dict[str, dict[str, dict]] = {
         },
     },
 }
+
+# `--method mae`, the MAE baseline (He et al., 2022), takes MAE's own recipe instead of a PerA recipe: lr 1.5e-4 (its
+# base lr, unscaled) warmed up then cosine to 0, weight decay 0.05; its AdamW betas (0.9, 0.95) are in methods.py.
+MAE_RECIPE = {"learning_rate": 1.5e-4, "min_learning_rate": 0.0, "weight_decay_start": 0.05, "weight_decay_end": 0.05}
 
 # Below this many steps, a run with the reference recipe is warned that short-budget is made for it.
 REFERENCE_MIN_STEPS = 5_000
@@ -129,6 +137,16 @@ class PretrainingArguments:
             "choices": list(RECIPES),
         },
     )
+    method: str = field(
+        default="pera",
+        metadata={
+            "help": "What to pretrain: 'pera', or 'mae', the MAE baseline (transformers' ViTMAE with this encoder "
+            "size, MAE's own recipe, on the teacher view of one global crop per image) through the same loop, data, "
+            "checkpoints and logs, to compare them at equal budget (benchmarks/representation.py). --recipe, the "
+            "teacher's flags and --config_overrides of the heads apply to PerA only.",
+            "choices": ["pera", "mae"],
+        },
+    )
     bands: list[str] | None = field(
         default=None,
         metadata={
@@ -177,10 +195,16 @@ class PretrainingArguments:
     learning_rate: float | None = field(
         default=None, metadata={"help": "Peak learning rate, not scaled by batch size (default: the recipe's)."}
     )
-    min_learning_rate: float = field(default=1e-6, metadata={"help": "Final learning rate of the cosine."})
+    min_learning_rate: float | None = field(
+        default=None, metadata={"help": "Final learning rate of the cosine (default: the recipe's)."}
+    )
     warmup_fraction: float = field(default=0.1, metadata={"help": "Fraction of steps of linear lr warm-up."})
-    weight_decay_start: float = field(default=0.04, metadata={"help": "Weight decay at the start (cosine)."})
-    weight_decay_end: float = field(default=0.2, metadata={"help": "Weight decay at the end."})
+    weight_decay_start: float | None = field(
+        default=None, metadata={"help": "Weight decay at the start, cosine to the end (default: the recipe's)."}
+    )
+    weight_decay_end: float | None = field(
+        default=None, metadata={"help": "Weight decay at the end (default: the recipe's)."}
+    )
     momentum_start: float | None = field(
         default=None, metadata={"help": "Teacher EMA momentum at the start, cosine to 1 (default: the recipe's)."}
     )
@@ -252,11 +276,31 @@ class PretrainingArguments:
     def __post_init__(self):
         if self.recipe not in RECIPES:
             raise ValueError(f"Unknown --recipe {self.recipe!r}; choose one of {sorted(RECIPES)}.")
-        for name, value in RECIPES[self.recipe]["arguments"].items():
+        self._check_method()
+        defaults = RECIPES[self.recipe]["arguments"]
+        if self.method == "mae":
+            defaults = {**defaults, **MAE_RECIPE}  # the teacher's values stay the recipe's, unused
+        for name, value in defaults.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
         self._check_values()
         self._check_sources()
+
+    def _check_method(self):
+        if self.method not in ("pera", "mae"):
+            raise ValueError(f"Unknown --method {self.method!r}; choose 'pera' or 'mae'.")
+        if self.method == "mae":
+            offered = {
+                "activation_checkpointing": "--activation_checkpointing",
+                "model_name_or_path": "--model_name_or_path",
+                "push_to_hub": "--push_to_hub",
+            }
+            given = [flag for name, flag in offered.items() if getattr(self, name)]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)}: PerA only. The MAE baseline (--method mae) starts from MAE's initialisation "
+                    "and trains for comparisons; its encoder is in output_dir/encoder."
+                )
 
     def _check_values(self):
         """Flags that would otherwise mean something else silently (0 steps as 'unset') or fail hours later."""
@@ -345,9 +389,10 @@ class PretrainingArguments:
                 )
 
     def model_config_overrides(self) -> dict:
-        """The config settings of a new model: the recipe's, then `--config_overrides` on top; as many input
-        channels as `--bands` selects unless `num_channels` is given."""
-        overrides = {**RECIPES[self.recipe]["config"], **parse_config_overrides(self.config_overrides)}
+        """The config settings of a new model: the recipe's (PerA's only), then `--config_overrides` on top; as many
+        input channels as `--bands` selects unless `num_channels` is given."""
+        recipe = RECIPES[self.recipe]["config"] if self.method == "pera" else {}
+        overrides = {**recipe, **parse_config_overrides(self.config_overrides)}
         if self.bands is not None:
             overrides.setdefault("num_channels", len(self.bands))
         return overrides

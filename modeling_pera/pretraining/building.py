@@ -79,8 +79,9 @@ def _processor_from_preset(arguments: PretrainingArguments, config: PeraConfig) 
     return processor
 
 
-def student_parameter_groups(model: PeraForPreTraining) -> list[dict]:
-    """The trainable (student-side) parameters, split into weight-decayed matrices and the rest."""
+def parameter_groups(model: torch.nn.Module) -> list[dict]:
+    """The trainable parameters (PerA's student side: its teacher is frozen), split into weight-decayed matrices and the
+    rest; the schedule sets the first group's weight decay at every step."""
     decayed, not_decayed = split_by_weight_decay(model)
     return [{"params": decayed, "apply_weight_decay": True}, {"params": not_decayed, "apply_weight_decay": False}]
 

@@ -1,6 +1,7 @@
 """PerA pretraining with Accelerate, in named phases: `build_run` (model, processor, data, optimizer, schedule),
 `resume` (an intact checkpoint that continues the run exactly), `train` (the loop: step, log, save) and `finish`
-(the final export and the optional upload).
+(the final export and the optional upload). The MAE baseline (`--method mae`) runs through the same phases: what
+differs is its method's (`methods.py`).
 
 `pretrain(arguments)` is the whole job; `examples/run_pretraining.py` parses flags into `PretrainingArguments` and
 calls it.
@@ -36,28 +37,25 @@ from ..data import (
     load_pretraining_dataset,
     make_pretraining_dataloader,
     make_pretraining_dataset,
-    seeded_generator,
 )
 from ..hub import check_hub_access, pretraining_card_info, push_folder_to_hub, write_model_card
 from ..image_processing_pera import PeraImageProcessor
-from ..modeling_pera import PeraForPreTraining
 from ..schedules import PretrainingSchedule, ScheduleValues
 from ..views import AlignedPairViews
 from .arguments import REFERENCE_MIN_STEPS, PretrainingArguments
-from .building import build_model, build_processor, enable_activation_checkpointing, student_parameter_groups
+from .building import build_processor, enable_activation_checkpointing, parameter_groups
 from .checkpoints import (
     CHECKPOINTS_DIRNAME,
     TRACKER_PROJECT,
     TRAINER_STATE_NAME,
     check_resumable,
-    export_encoder,
-    export_pretrained,
     find_checkpoint,
     prepare_output_dir,
     save_checkpoint,
     snapshot_directory,
     stream_state_path,
 )
+from .methods import METHODS, MaeMethod, PeraMethod
 from .monitoring import DivergenceMonitor, TrainingLog
 
 
@@ -80,9 +78,11 @@ class Run:
 
     arguments: PretrainingArguments
     accelerator: Accelerator
+    method: PeraMethod | MaeMethod
     model: torch.nn.Module  # as prepared by accelerate (DDP-wrapped with several processes)
-    pera: PeraForPreTraining  # the same model, unwrapped
+    unwrapped_model: torch.nn.Module  # the same model, unwrapped: `PeraForPreTraining` or `ViTMAEForPreTraining`
     forward: torch.nn.Module  # `model`, compiled with --torch_compile
+    config: PeraConfig  # the encoder's and the views' config
     processor: PeraImageProcessor
     views: AlignedPairViews
     dataloader: torch.utils.data.DataLoader
@@ -94,16 +94,13 @@ class Run:
         self.trainable = [parameter for group in self.optimizer.param_groups for parameter in group["params"]]
 
     @property
-    def config(self) -> PeraConfig:
-        return self.pera.config
-
-    @property
     def output_dir(self) -> Path:
         return Path(self.arguments.output_dir)
 
     def resume_settings(self) -> dict:
         """What a checkpoint must share with this run to continue it exactly (a stream's positions are per worker)."""
         settings = {
+            "method": self.arguments.method,
             "num_processes": self.accelerator.num_processes,
             "per_device_train_batch_size": self.arguments.per_device_train_batch_size,
             "gradient_accumulation_steps": self.arguments.gradient_accumulation_steps,
@@ -167,7 +164,8 @@ def agreed(accelerator: Accelerator, wanted: bool, synchronising: bool) -> bool:
 
 
 def pretrain(arguments: PretrainingArguments, geo_source: tuple[Any, Any] | None = None) -> dict:
-    """Runs PerA pretraining; returns a summary (steps, images/s, last losses, loss history).
+    """Runs PerA pretraining (or, with `--method mae`, the MAE baseline's); returns a summary (steps, images/s, last
+    losses, loss history).
 
     `geo_source`, a TorchGeo dataset and its geo sampler `(dataset, sampler)`, is the source of the images instead of
     the arguments' (see [`~data.GeoSamplerDataset`]). SIGINT or SIGTERM stops the run after its current step with a
@@ -179,6 +177,7 @@ def pretrain(arguments: PretrainingArguments, geo_source: tuple[Any, Any] | None
         state.completed_steps,
         str(run.output_dir / CHECKPOINTS_DIRNAME),
         accumulation=arguments.gradient_accumulation_steps,
+        loss_terms=run.method.loss_terms,
     )
     with StopSignals() as stop:
         summary = train(run, state, monitor, stop)
@@ -229,20 +228,20 @@ def rendezvous_failure(timeout_seconds: int, error: Exception) -> str:
 
 def build_run(arguments: PretrainingArguments, geo_source: tuple[Any, Any] | None = None) -> Run:
     accelerator = start_accelerator(arguments)
-    model = build_model(arguments)
-    processor = build_processor(arguments, model.config)
+    method = METHODS[arguments.method](arguments.seed, accelerator.device)
+    model, config = method.build_model(arguments)
+    processor = build_processor(arguments, config)
     if arguments.activation_checkpointing:
         enable_activation_checkpointing(model, arguments.activation_checkpointing)
-    views = AlignedPairViews(model.config, processor, defer_photometry=arguments.photometry_on_device)
-    dataloader = build_dataloader(arguments, views, model.config, geo_source)
+    views = AlignedPairViews(method.views_config(config), processor, defer_photometry=arguments.photometry_on_device)
+    dataloader = build_dataloader(arguments, views, config, geo_source)
     if processor.ground_sampling_distance is None:  # scenes in metres know their pixel size
         processor.ground_sampling_distance = getattr(dataloader.dataset, "ground_sampling_distance", None)
     optimizer = torch.optim.AdamW(
-        student_parameter_groups(model),
+        parameter_groups(model),
         lr=arguments.learning_rate,
-        betas=(0.9, 0.999),
-        eps=2e-5,
         fused=accelerator.device.type == "cuda",
+        **method.optimizer_options,
     )
     if arguments.streaming:
         # A stream shards itself over processes (and workers): accelerate must not split or dispatch it again.
@@ -250,7 +249,7 @@ def build_run(arguments: PretrainingArguments, geo_source: tuple[Any, Any] | Non
     else:
         model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
     total_steps = count_steps(arguments, dataloader, accelerator.num_processes)
-    if arguments.recipe == "reference" and total_steps < REFERENCE_MIN_STEPS:
+    if arguments.method == "pera" and arguments.recipe == "reference" and total_steps < REFERENCE_MIN_STEPS:
         logger.warning(
             "--recipe reference for %d steps: its values are made for 100+ epochs over large archives and learn "
             "little in runs under %d steps (docs/training.md#recipes); --recipe short-budget is made for them.",
@@ -269,9 +268,11 @@ def build_run(arguments: PretrainingArguments, geo_source: tuple[Any, Any] | Non
     return Run(
         arguments=arguments,
         accelerator=accelerator,
+        method=method,
         model=model,
-        pera=accelerator.unwrap_model(model),
+        unwrapped_model=accelerator.unwrap_model(model),
         forward=torch.compile(model) if arguments.torch_compile else model,
+        config=config,
         processor=processor,
         views=views,
         dataloader=dataloader,
@@ -381,28 +382,27 @@ def train(run: Run, state: TrainingState, monitor: DivergenceMonitor, stop: Stop
         arguments.logging_steps,
         arguments.with_tracking,
         state.train_seconds,
+        logged_outputs=run.method.logged_outputs,
+        logged_schedule=run.method.logged_schedule,
     )
     logger.info(
-        "PerA pretraining: %d steps, global batch %d, %s, %d processes, mixed precision %s",
+        "%s pretraining: %d steps, global batch %d, %s, %d processes, mixed precision %s",
+        run.method.title,
         run.total_steps,
         arguments.per_device_train_batch_size * accelerator.num_processes * arguments.gradient_accumulation_steps,
         accelerator.device,
         accelerator.num_processes,
         accelerator.mixed_precision,
     )
-    # One device tensor, refilled each step: `fill_` copies nothing from the host, and a tensor (not a float that
-    # changes every step) lets a compiled forward run without recompiling.
-    teacher_temperature = torch.zeros((), device=accelerator.device)
     run.model.train()
     for batch in batches_from(run, state):
         batch = log.count_batch(batch, arguments.per_device_train_batch_size * accelerator.num_processes)
         values = run.schedule.at(state.completed_steps)
-        teacher_temperature.fill_(values.teacher_temperature)
-        outputs = training_step(run, batch, values, teacher_temperature, state)
+        outputs = training_step(run, batch, values, state)
         monitor.record(outputs)
         if not accelerator.sync_gradients:
             continue
-        run.pera.update_teacher(values.momentum)
+        run.method.after_step(run.unwrapped_model, values)
         state.completed_steps += 1
         log.progress.update(1)
         log_due = log.log_due(state.completed_steps)
@@ -446,20 +446,14 @@ def batches_from(run: Run, state: TrainingState) -> Iterator[dict]:
         state.epoch, state.batches_in_epoch = state.epoch + 1, 0
 
 
-def training_step(
-    run: Run, batch: dict, values: ScheduleValues, teacher_temperature: torch.Tensor, state: TrainingState
-):
+def training_step(run: Run, batch: dict, values: ScheduleValues, state: TrainingState):
     """Forward and backward of one micro-batch; clips and steps the optimizer when gradients are synchronised."""
     arguments, accelerator = run.arguments, run.accelerator
     apply_schedule(run.optimizer, values)
     accumulation = arguments.gradient_accumulation_steps
     micro_step = state.completed_steps * accumulation + (state.batches_in_epoch - 1) % accumulation
     with accelerator.accumulate(run.model):
-        outputs = run.forward(
-            **batch,
-            **mask_noise(run.config, batch, arguments.seed, micro_step, accelerator.process_index),
-            teacher_temperature=teacher_temperature,
-        )
+        outputs = run.forward(**run.method.inputs(run.config, batch, values, micro_step, accelerator.process_index))
         accelerator.backward(outputs.loss)
         if accelerator.sync_gradients:
             accelerator.clip_grad_norm_(run.trainable, arguments.max_grad_norm)
@@ -472,20 +466,6 @@ def apply_schedule(optimizer: torch.optim.Optimizer, values: ScheduleValues) -> 
     for group in optimizer.param_groups:
         group["lr"] = values.learning_rate
         group["weight_decay"] = values.weight_decay if group["apply_weight_decay"] else 0.0
-
-
-def mask_noise(config: PeraConfig, batch: dict, seed: int, micro_step: int, rank: int) -> dict[str, torch.Tensor]:
-    """The mask noise of one micro-batch: a function of (seed, micro step, process), drawn on the batch's device."""
-    device = batch["student_global_pixel_values"].device
-    generator = seeded_generator(seed, micro_step, rank, device=device)
-    noise = {}
-    for kind in ("global", "local"):
-        pixel_values = batch.get(f"student_{kind}_pixel_values")
-        if pixel_values is not None:
-            num_crops, batch_size, _, height, width = pixel_values.shape
-            num_patches = (height // config.patch_size) * (width // config.patch_size)
-            noise[f"{kind}_noise"] = torch.rand(num_crops, batch_size, num_patches, generator=generator, device=device)
-    return noise
 
 
 def save_due(run: Run, state: TrainingState, monitor: DivergenceMonitor, log: TrainingLog) -> bool:
@@ -503,17 +483,19 @@ def save(
     run: Run, state: TrainingState, monitor: DivergenceMonitor, log: TrainingLog, checkpoint: bool, snapshot: bool
 ) -> None:
     arguments, accelerator = run.arguments, run.accelerator
-    monitor.check(run.pera)
+    monitor.check(run.unwrapped_model)
     log.pause()
     state.train_seconds = log.train_seconds
     accelerator.wait_for_everyone()
     if snapshot and accelerator.is_main_process:
-        export_encoder(run.pera, run.processor, snapshot_directory(run.output_dir, state.completed_steps))
+        run.method.export_snapshot(
+            run.unwrapped_model, run.processor, snapshot_directory(run.output_dir, state.completed_steps)
+        )
     if checkpoint:
         saved = {**asdict(state), **run.resume_settings()}
         save_checkpoint(accelerator, run.output_dir, saved, arguments.checkpoints_total_limit, run.stream)
         if accelerator.is_main_process:
-            export_pretrained(run.pera, run.processor, run.output_dir)
+            run.method.export(run.unwrapped_model, run.processor, run.output_dir)
     log.resume()
 
 
@@ -555,10 +537,10 @@ def resume_command(num_processes: int) -> str:
 def finish(run: Run, state: TrainingState, monitor: DivergenceMonitor) -> None:
     """Exports the final model (and uploads it with --push_to_hub) once the losses and weights are checked finite."""
     arguments, accelerator = run.arguments, run.accelerator
-    monitor.check(run.pera)
+    monitor.check(run.unwrapped_model)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        export_pretrained(run.pera, run.processor, run.output_dir)
+        run.method.export(run.unwrapped_model, run.processor, run.output_dir)
         if arguments.push_to_hub:
             card_info = pretraining_card_info(
                 arguments, run.config, completed_steps=state.completed_steps, num_processes=accelerator.num_processes

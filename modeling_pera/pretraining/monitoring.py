@@ -15,9 +15,6 @@ from .checkpoints import non_finite_tensors
 
 logger = logging.getLogger(__name__)
 
-LOSS_TERMS = ("loss", "dino_loss", "koleo_loss", "pixel_loss")
-LOGGED_OUTPUTS = (*LOSS_TERMS, "teacher_entropy", "center_norm")
-
 
 class TrainingDivergedError(FloatingPointError):
     """The loss or the weights became NaN or infinite; nothing from that step on was saved."""
@@ -30,40 +27,32 @@ class DivergenceMonitor:
     called before every save and at every logging step, so no non-finite weight reaches a checkpoint or an export.
 
     Args:
-        accelerator (`Accelerator`, *optional*):
-            The run's accelerator, whose processes agree in [`check`]; without one (the MAE baseline), a single
-            process on `device`.
+        accelerator (`Accelerator`):
+            The run's accelerator, whose processes agree in [`check`].
         completed_steps (`int`):
             Optimizer steps done before this run (a resumed run's start), to name the first non-finite step.
         checkpoints_dir (`str`):
             Where the intact checkpoints are, for the message.
+        loss_terms (`tuple[str, ...]`):
+            The outputs [`record`] reads: the loss and its terms (the method's `loss_terms`).
         accumulation (`int`, *optional*, defaults to 1):
             Micro-batches per optimizer step.
-        loss_terms (`tuple[str, ...]`, *optional*, defaults to `LOSS_TERMS`):
-            The outputs [`record`] reads (PerA's loss and its three terms).
-        resumable (`bool`, *optional*, defaults to `True`):
-            Whether the message tells to resume with `--resume_from_checkpoint latest`.
-        device (`torch.device`, *optional*):
-            The device of the recorded losses, without an accelerator.
     """
 
     def __init__(
         self,
-        accelerator: Accelerator | None,
+        accelerator: Accelerator,
         completed_steps: int,
         checkpoints_dir: str,
+        loss_terms: tuple[str, ...],
         accumulation: int = 1,
-        loss_terms: tuple[str, ...] = LOSS_TERMS,
-        resumable: bool = True,
-        device: torch.device | None = None,
     ):
         self.accelerator = accelerator
         self.start_step = completed_steps
         self.accumulation = accumulation
         self.checkpoints_dir = checkpoints_dir
         self.loss_terms = loss_terms
-        self.resumable = resumable
-        device = accelerator.device if accelerator is not None else device
+        device = accelerator.device
         self.all_finite = torch.ones((), dtype=torch.bool, device=device)
         self.finite_micro_batches = torch.zeros((), dtype=torch.long, device=device)
         self.first_bad_terms = torch.zeros(len(loss_terms), device=device)
@@ -77,8 +66,8 @@ class DivergenceMonitor:
 
     def check(self, model: torch.nn.Module | None = None) -> None:
         """Raises [`TrainingDivergedError`] if a loss so far (on any process) or a tensor of `model` is not finite."""
-        if not self._gather(self.all_finite.reshape(1).long()).all():  # gloo gathers no bools
-            finite_micro_batches = int(self._gather(self.finite_micro_batches.reshape(1)).min())
+        if not self.accelerator.gather(self.all_finite.reshape(1).long()).all():  # gloo gathers no bools
+            finite_micro_batches = int(self.accelerator.gather(self.finite_micro_batches.reshape(1)).min())
             step = self.start_step + finite_micro_batches // self.accumulation + 1
             terms = dict(zip(self.loss_terms, self.first_bad_terms.tolist()))
             self._fail(f"the loss became non-finite at step {step} ({terms})")
@@ -87,21 +76,18 @@ class DivergenceMonitor:
             shown = ", ".join(broken[:5]) + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
             self._fail(f"the weights became non-finite ({shown}) although every loss so far was finite")
 
-    def _gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        return self.accelerator.gather(tensor) if self.accelerator is not None else tensor
-
     def _fail(self, what: str) -> None:
-        resume = ", and resume with --resume_from_checkpoint latest" if self.resumable else ""
         raise TrainingDivergedError(
             f"Training stopped: {what}. Nothing from that step on was saved; the checkpoints in "
             f"{self.checkpoints_dir} hold finite weights. Lower --learning_rate or --max_grad_norm, check the inputs "
-            f"for NaN/inf{resume}."
+            "for NaN/inf, and resume with --resume_from_checkpoint latest."
         )
 
 
 class TrainingLog:
     """The progress bar (rate, loss), scalars every `logging_steps` (to the trackers with --with_tracking), the counts
-    of replaced and of upsampled samples (warned about once), and the run's summary."""
+    of replaced and of upsampled samples (warned about once), and the run's summary. The scalars are the method's
+    `logged_outputs` (the loss first) and its `logged_schedule` values."""
 
     def __init__(
         self,
@@ -110,9 +96,12 @@ class TrainingLog:
         completed_steps: int,
         logging_steps: int,
         tracking: bool,
-        train_seconds: float = 0.0,
+        train_seconds: float,
+        logged_outputs: tuple[str, ...],
+        logged_schedule: tuple[str, ...],
     ):
         self.accelerator = accelerator
+        self.logged_outputs, self.logged_schedule = logged_outputs, logged_schedule
         self.total_steps = total_steps
         self.logging_steps = logging_steps
         self.tracking = tracking
@@ -158,23 +147,17 @@ class TrainingLog:
 
     def log(self, completed_steps: int, outputs, values: ScheduleValues) -> None:
         """One host sync: the scalars of this step."""
-        scalars = {name: float(outputs[name].detach()) for name in LOGGED_OUTPUTS}
+        scalars = {name: float(outputs[name].detach()) for name in self.logged_outputs}
+        scalars.update({name: getattr(values, name) for name in self.logged_schedule})
         elapsed = time.perf_counter() - self.log_started
-        scalars.update(
-            learning_rate=values.learning_rate,
-            weight_decay=values.weight_decay,
-            momentum=values.momentum,
-            teacher_temperature=values.teacher_temperature,
-            images_per_second=self.images_since_log / elapsed,
-            **self.read_sample_counts(),
-        )
+        scalars.update(images_per_second=self.images_since_log / elapsed, **self.read_sample_counts())
         self.images_since_log, self.log_started = 0, time.perf_counter()
         self.summary.update(scalars)
         self.summary["loss_history"].append((completed_steps, scalars["loss"]))
+        terms = {name.removesuffix("_loss"): scalars[name] for name in ("dino_loss", "pixel_loss") if name in scalars}
         self.progress.set_postfix(
             loss=f"{scalars['loss']:.3f}",
-            dino=f"{scalars['dino_loss']:.3f}",
-            pixel=f"{scalars['pixel_loss']:.3f}",
+            **{name: f"{value:.3f}" for name, value in terms.items()},
             lr=f"{values.learning_rate:.2e}",
             img_s=f"{scalars['images_per_second']:.1f}",
             replaced=scalars["replaced_samples"],
