@@ -253,7 +253,7 @@ def test_recipes_fill_only_what_the_user_left_unset():
     assert (reference.learning_rate, reference.momentum_start, reference.model_config_overrides()) == (1e-3, 0.992, {})
     assert (reference.teacher_temperature_start, reference.teacher_temperature_end) == (0.03, 0.05)
     short = PretrainingArguments(output_dir="out", recipe="short-budget")
-    assert (short.learning_rate, short.momentum_start) == (2e-4, 0.95)
+    assert (short.learning_rate, short.min_learning_rate, short.momentum_start) == (3e-4, 1e-5, 0.95)
     assert (short.teacher_temperature_start, short.teacher_temperature_end) == (0.04, 0.07)
     assert short.model_config_overrides() == {
         "num_prototypes": 1024,
@@ -262,6 +262,8 @@ def test_recipes_fill_only_what_the_user_left_unset():
         "head_bottleneck_size": 256,
         "num_local_crops": 4,
         "normalize_pixel_targets": True,
+        "student_ratio": 0.3,
+        "teacher_ratio": 0.5,
     }
     # an explicit flag wins, even one equal to the reference value
     explicit = PretrainingArguments(
