@@ -6,8 +6,8 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from fixtures import make_loop_fixture
 from modeling_pera import PeraConfig
 from modeling_pera.baselines import build_mae, mae_config_from_pera
 from modeling_pera.evaluation import load_encoder
@@ -52,20 +52,12 @@ def test_build_mae_sets_the_tables_that_a_config_built_mae_leaves_at_zero():
         assert token.abs().amax() > 0 and token.std() > 0.005
 
 
-def write_images(folder, count=8):
-    folder.mkdir(parents=True)
-    generator = np.random.default_rng(0)
-    for index in range(count):
-        Image.fromarray(generator.integers(0, 256, (40, 44, 3), dtype=np.uint8)).save(folder / f"{index}.png")
-    return folder
-
-
 def run_tiny_mae(tmp_path, **options) -> dict:
     """The MAE baseline (`--method mae`) with the tiny encoder on 8 random images, batch 4, no workers, into
     tmp_path / "mae"; `options` change any flag (max_train_steps, ...)."""
     images = tmp_path / "images"
     if not images.is_dir():
-        write_images(images)
+        make_loop_fixture.write_images(images)
     return pretrain(tiny_arguments(images, tmp_path / "mae", method="mae", **options))
 
 
@@ -135,7 +127,7 @@ def test_mae_stops_on_the_clock_and_saves_its_encoder(tmp_path):
 
 
 def test_mae_resumes_exactly_and_is_not_resumed_as_pera(tmp_path):
-    images = write_images(tmp_path / "images")
+    images = make_loop_fixture.write_images(tmp_path / "images")
     assert_resumes_exactly(tmp_path, train_dir=str(images), method="mae", weights="encoder/model.safetensors")
     with pytest.raises(CheckpointError, match="method was mae, now pera"):
         pretrain(tiny_arguments(images, tmp_path / "interrupted", resume_from_checkpoint="latest"))

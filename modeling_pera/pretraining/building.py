@@ -33,7 +33,12 @@ def build_model(arguments: PretrainingArguments) -> PeraForPreTraining:
         return PeraForPreTraining.from_pretrained(
             arguments.model_name_or_path, dtype=torch.float32, **parse_config_overrides(arguments.config_overrides)
         )
-    return PeraForPreTraining(PeraConfig.from_preset(arguments.model_size, **arguments.model_config_overrides()))
+    return PeraForPreTraining(new_model_config(arguments))
+
+
+def new_model_config(arguments: PretrainingArguments) -> PeraConfig:
+    """The config of a new model: `--model_size`'s preset with the recipe's and `--config_overrides`' settings."""
+    return PeraConfig.from_preset(arguments.model_size, **arguments.model_config_overrides())
 
 
 def build_processor(arguments: PretrainingArguments, config: PeraConfig) -> PeraImageProcessor:

@@ -15,7 +15,7 @@ from ..image_processing_pera import PeraImageProcessor
 from ..modeling_pera import PeraForPreTraining
 from ..schedules import ScheduleValues
 from .arguments import PretrainingArguments
-from .building import build_model
+from .building import build_model, new_model_config
 from .checkpoints import ENCODER_DIRNAME, export_encoder, export_pretrained, save_model_folder
 
 
@@ -90,7 +90,7 @@ class MaeMethod:
 
     def build_model(self, arguments: PretrainingArguments) -> tuple[ViTMAEForPreTraining, PeraConfig]:
         """MAE with the encoder of the PerA config that `arguments` describe, and that config (for the views)."""
-        config = PeraConfig.from_preset(arguments.model_size, **arguments.model_config_overrides())
+        config = new_model_config(arguments)
         return build_mae(mae_config_from_pera(config)), config
 
     def views_config(self, config: PeraConfig) -> PeraConfig:
