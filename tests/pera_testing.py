@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from modeling_pera import PeraConfig, PeraImageProcessor, PeraModel
@@ -60,6 +61,16 @@ def run_without_package(script: str, *arguments, workdir: Path) -> subprocess.Co
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result
+
+
+def write_rgb_images(folder: Path, count: int = 12) -> Path:
+    """`count` random 8-bit RGB PNGs of different sizes (40-51 x 48 px), fixed seed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = np.random.default_rng(0)
+    for index in range(count):
+        pixels = generator.integers(0, 256, (40 + index, 48, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"tile_{index:02d}.png")
+    return folder
 
 
 def write_random_tiffs(folder: Path, count: int, shape: tuple[int, ...], dtype: str, high: int) -> Path:

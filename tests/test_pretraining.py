@@ -29,19 +29,10 @@ from modeling_pera.pretraining import (
 )
 from modeling_pera.pretraining.checkpoints import stream_state_path
 from modeling_pera.schedules import PretrainingSchedule
-from pera_testing import TINY_MODEL, run_without_package, tiny_arguments, write_random_tiffs
+from pera_testing import TINY_MODEL, run_without_package, tiny_arguments, write_random_tiffs, write_rgb_images
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def write_rgb_images(folder: Path, count: int = 12) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    generator = np.random.default_rng(0)
-    for index in range(count):
-        pixels = generator.integers(0, 256, (40 + index, 48, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"tile_{index:02d}.png")
-    return folder
 
 
 def load_encoder_without_package(encoder_dir: Path, num_channels: int) -> str:

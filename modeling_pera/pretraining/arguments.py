@@ -273,6 +273,13 @@ class PretrainingArguments:
         default=False,
         metadata={"help": "Compile the forward pass with torch.compile (the first steps compile; pays off on GPUs)."},
     )
+    fsdp: bool = field(
+        default=False,
+        metadata={
+            "help": "Shard weights, gradients and optimizer state over the processes (FSDP2, block by block, student "
+            "and teacher alike), for backbones too large for DDP; checkpoints are written by every process."
+        },
+    )
     push_to_hub: bool = field(default=False, metadata={"help": "Upload the encoder to the Hub at the end."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repository for --push_to_hub."})
     hub_token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one)."})

@@ -2,8 +2,9 @@
 What a pretraining run writes, and how it never loses what it wrote:
 
     output_dir/
-        checkpoints/step_N/   resumable state: weights (with the DINO centre), optimizer, the random states of every
-                              process, a streamed run's position in the stream of every process (stream_state_R.pt),
+        checkpoints/step_N/   resumable state: weights (with the DINO centre), optimizer (of a sharded run: in
+                              sharded_state/, a file a process), the random states of every process, a streamed
+                              run's position in the stream of every process (stream_state_R.pt),
                               trainer_state.json (step, data position, processes, batch) and manifest.json (every
                               file's size and SHA-256, written last)
         snapshots/step_N/     the encoder after N steps (--snapshot_steps)
@@ -36,6 +37,7 @@ from transformers.utils import logging as transformers_logging
 from ..data import StreamingDataLoader
 from ..image_processing_pera import PeraImageProcessor
 from ..modeling_pera import PeraForPreTraining
+from .sharding import SHARDED_STATE_DIRNAME, local_tensor, save_sharded_state
 
 
 logger = logging.getLogger(__name__)
@@ -251,8 +253,9 @@ def prepare_output_dir(output_dir: Path, overwrite: bool, resuming: bool, is_mai
 
 
 def non_finite_tensors(model: torch.nn.Module) -> list[str]:
-    """Names of the model's parameters and buffers holding NaN or infinity (one host sync)."""
-    tensors = {name: tensor for name, tensor in model.state_dict().items() if tensor.is_floating_point()}
+    """Names of the model's parameters and buffers holding NaN or infinity (one host sync); of a sharded model, those
+    whose shard on this process does."""
+    tensors = {name: local_tensor(tensor) for name, tensor in model.state_dict().items() if tensor.is_floating_point()}
     finite = torch.stack([torch.isfinite(tensor).all() for tensor in tensors.values()]).tolist()
     return [name for name, ok in zip(tensors, finite) if not ok]
 
@@ -267,15 +270,19 @@ def save_checkpoint(
     state: dict,
     total_limit: int,
     stream: StreamingDataLoader | None = None,
+    sharded: tuple[torch.nn.Module, torch.optim.Optimizer] | None = None,
 ) -> Path:
     """A resumable checkpoint (model incl. the DINO centre, optimizer, random states, `state`, and the position of
-    each process in a `stream`), then the oldest ones beyond `total_limit` are deleted. Collective: every process
+    each process in a `stream`), then the oldest ones beyond `total_limit` are deleted. The model and optimizer of a
+    `sharded` run (not accelerate's) go to `sharded_state/`, written by every process. Collective: every process
     calls it."""
     checkpoints_dir = output_dir / CHECKPOINTS_DIRNAME
     target = checkpoints_dir / f"step_{state['completed_steps']}"
     with staging_folder(target, owner=accelerator.is_main_process) as staging:
         accelerator.wait_for_everyone()  # the main process has cleared the staging folder
         accelerator.save_state(str(staging))
+        if sharded is not None:
+            save_sharded_state(*sharded, staging / SHARDED_STATE_DIRNAME)
         if stream is not None:
             torch.save(stream.state_dict(), stream_state_path(staging, accelerator.process_index))
         accelerator.wait_for_everyone()  # every process has written its random state (and stream position)

@@ -15,7 +15,7 @@ import shlex
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -48,6 +48,7 @@ from .checkpoints import (
     CHECKPOINTS_DIRNAME,
     TRACKER_PROJECT,
     TRAINER_STATE_NAME,
+    CheckpointError,
     check_resumable,
     find_checkpoint,
     prepare_output_dir,
@@ -57,6 +58,14 @@ from .checkpoints import (
 )
 from .methods import METHODS, MaeMethod, PeraMethod
 from .monitoring import DivergenceMonitor, TrainingLog
+from .sharding import (
+    SHARDED_STATE_DIRNAME,
+    autocast_forward,
+    gathered_model,
+    load_sharded_state,
+    refuse_accelerate_fsdp,
+    shard_model,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -79,9 +88,9 @@ class Run:
     arguments: PretrainingArguments
     accelerator: Accelerator
     method: PeraMethod | MaeMethod
-    model: torch.nn.Module  # as prepared by accelerate (DDP-wrapped with several processes)
+    model: torch.nn.Module  # as prepared by accelerate (DDP-wrapped with several processes), or sharded (--fsdp)
     unwrapped_model: torch.nn.Module  # the same model, unwrapped: `PeraForPreTraining` or `ViTMAEForPreTraining`
-    forward: torch.nn.Module  # `model`, compiled with --torch_compile
+    forward: Callable  # `model`, compiled with --torch_compile
     config: PeraConfig  # the encoder's and the views' config
     processor: PeraImageProcessor
     views: AlignedPairViews
@@ -110,6 +119,13 @@ class Run:
             settings["dataloader_num_workers"] = self.arguments.dataloader_num_workers
             settings["num_stream_shards"] = self.dataloader.dataset.num_shards
         return settings
+
+    def model_to_export(self) -> torch.nn.Module | None:
+        """The whole model for the main process to export; under --fsdp gathered from every process's shards (then
+        collective: every process calls it, and the others get None)."""
+        if self.arguments.fsdp:
+            return gathered_model(self.unwrapped_model, self.accelerator.is_main_process)
+        return self.unwrapped_model
 
     @property
     def stream(self) -> StreamingDataLoader | None:
@@ -193,6 +209,7 @@ def start_accelerator(arguments: PretrainingArguments) -> Accelerator:
     prepare_output_dir(output_dir, arguments.overwrite_output_dir, resuming, is_main_process=False)  # fail fast
     if arguments.push_to_hub:  # before the training, not after it
         check_hub_access(arguments.hub_model_id, arguments.hub_token)
+    refuse_accelerate_fsdp()
     try:
         accelerator = Accelerator(
             gradient_accumulation_steps=arguments.gradient_accumulation_steps,
@@ -233,6 +250,8 @@ def build_run(arguments: PretrainingArguments, geo_source: tuple[Any, Any] | Non
     processor = build_processor(arguments, config)
     if arguments.activation_checkpointing:
         enable_activation_checkpointing(model, arguments.activation_checkpointing)
+    if arguments.fsdp:
+        shard_model(model, accelerator)
     views = AlignedPairViews(method.views_config(config), processor, defer_photometry=arguments.photometry_on_device)
     dataloader = build_dataloader(arguments, views, config, geo_source)
     if processor.ground_sampling_distance is None:  # scenes in metres know their pixel size
@@ -243,11 +262,12 @@ def build_run(arguments: PretrainingArguments, geo_source: tuple[Any, Any] | Non
         fused=accelerator.device.type == "cuda",
         **method.optimizer_options,
     )
-    if arguments.streaming:
-        # A stream shards itself over processes (and workers): accelerate must not split or dispatch it again.
+    # A sharded model and its optimizer are FSDP's, and a stream shards itself over processes (and workers):
+    # accelerate must not wrap, split or dispatch them again.
+    if not arguments.fsdp:
         model, optimizer = accelerator.prepare(model, optimizer)
-    else:
-        model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
+    if not arguments.streaming:
+        dataloader = accelerator.prepare(dataloader)
     total_steps = count_steps(arguments, dataloader, accelerator.num_processes)
     if arguments.method == "pera" and arguments.recipe == "reference" and total_steps < REFERENCE_MIN_STEPS:
         logger.warning(
@@ -265,13 +285,14 @@ def build_run(arguments: PretrainingArguments, geo_source: tuple[Any, Any] | Non
             if value is not None
         }
         accelerator.init_trackers(TRACKER_PROJECT, hyperparameters)
+    forward = torch.compile(model) if arguments.torch_compile else model
     return Run(
         arguments=arguments,
         accelerator=accelerator,
         method=method,
         model=model,
         unwrapped_model=accelerator.unwrap_model(model),
-        forward=torch.compile(model) if arguments.torch_compile else model,
+        forward=autocast_forward(forward, accelerator) if arguments.fsdp else forward,
         config=config,
         processor=processor,
         views=views,
@@ -353,7 +374,15 @@ def resume(run: Run) -> TrainingState:
     checkpoint = find_checkpoint(run.output_dir, run.arguments.resume_from_checkpoint)
     saved = json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
     check_resumable(checkpoint, saved, run.resume_settings(), run.arguments.allow_inexact_resume)
+    sharded = (checkpoint / SHARDED_STATE_DIRNAME).is_dir()
+    if sharded != run.arguments.fsdp:
+        raise CheckpointError(
+            f"{checkpoint} holds {'sharded' if sharded else 'whole'} weights and this run is "
+            f"{'sharded' if run.arguments.fsdp else 'not'}: resume it {'with' if sharded else 'without'} --fsdp."
+        )
     run.accelerator.load_state(str(checkpoint))
+    if sharded:
+        load_sharded_state(run.unwrapped_model, run.optimizer, checkpoint / SHARDED_STATE_DIRNAME)
     stream_state = stream_state_path(checkpoint, run.accelerator.process_index)
     if run.stream is not None and stream_state.is_file():
         run.stream.load_state_dict(torch.load(stream_state, weights_only=True))
@@ -457,8 +486,8 @@ def training_step(run: Run, batch: dict, values: ScheduleValues, state: Training
         accelerator.backward(outputs.loss)
         if accelerator.sync_gradients:
             accelerator.clip_grad_norm_(run.trainable, arguments.max_grad_norm)
-        run.optimizer.step()
-        run.optimizer.zero_grad(set_to_none=True)
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
     return outputs
 
 
@@ -487,15 +516,15 @@ def save(
     log.pause()
     state.train_seconds = log.train_seconds
     accelerator.wait_for_everyone()
+    model = run.model_to_export()
     if snapshot and accelerator.is_main_process:
-        run.method.export_snapshot(
-            run.unwrapped_model, run.processor, snapshot_directory(run.output_dir, state.completed_steps)
-        )
+        run.method.export_snapshot(model, run.processor, snapshot_directory(run.output_dir, state.completed_steps))
     if checkpoint:
         saved = {**asdict(state), **run.resume_settings()}
-        save_checkpoint(accelerator, run.output_dir, saved, arguments.checkpoints_total_limit, run.stream)
+        sharded = (run.unwrapped_model, run.optimizer) if arguments.fsdp else None
+        save_checkpoint(accelerator, run.output_dir, saved, arguments.checkpoints_total_limit, run.stream, sharded)
         if accelerator.is_main_process:
-            run.method.export(run.unwrapped_model, run.processor, run.output_dir)
+            run.method.export(model, run.processor, run.output_dir)
     log.resume()
 
 
@@ -539,8 +568,9 @@ def finish(run: Run, state: TrainingState, monitor: DivergenceMonitor) -> None:
     arguments, accelerator = run.arguments, run.accelerator
     monitor.check(run.unwrapped_model)
     accelerator.wait_for_everyone()
+    model = run.model_to_export()
     if accelerator.is_main_process:
-        run.method.export(run.unwrapped_model, run.processor, run.output_dir)
+        run.method.export(model, run.processor, run.output_dir)
         if arguments.push_to_hub:
             card_info = pretraining_card_info(
                 arguments, run.config, completed_steps=state.completed_steps, num_processes=accelerator.num_processes

@@ -71,7 +71,13 @@ class DivergenceMonitor:
             step = self.start_step + finite_micro_batches // self.accumulation + 1
             terms = dict(zip(self.loss_terms, self.first_bad_terms.tolist()))
             self._fail(f"the loss became non-finite at step {step} ({terms})")
-        broken = non_finite_tensors(model) if model is not None else []
+        if model is None:
+            return
+        broken = non_finite_tensors(model)
+        if self.accelerator.num_processes > 1:  # every process stops together: a sharded model's shards differ
+            found = self.accelerator.gather(torch.tensor([len(broken)], device=self.accelerator.device))
+            if int(found.sum()) and not broken:
+                broken = ["shards held by another process"]
         if broken:
             shown = ", ".join(broken[:5]) + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
             self._fail(f"the weights became non-finite ({shown}) although every loss so far was finite")
