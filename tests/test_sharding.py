@@ -21,11 +21,12 @@ from pera_testing import TINY_MODEL, tiny_arguments, write_rgb_images
 
 # One launch of 2 processes runs DDP, then --fsdp with a checkpoint at step 2, then --fsdp resumed from a copy of
 # that checkpoint (the state a kill after step 2 leaves), with gradient accumulation and an epoch boundary in the way;
-# then 2 steps of the MAE baseline under --fsdp.
+# then 2 steps of the MAE baseline under --fsdp; then a run whose teacher weights turn NaN on process 1's shards only.
 TWO_PROCESS_RUNS = """
     import json, shutil, sys
     import torch
-    from modeling_pera.pretraining import PretrainingArguments, pretrain
+    from modeling_pera import PeraForPreTraining
+    from modeling_pera.pretraining import PretrainingArguments, TrainingDivergedError, pretrain
 
     images, root = sys.argv[1:]
     def run(name, **settings):
@@ -44,6 +45,19 @@ TWO_PROCESS_RUNS = """
     if torch.distributed.get_rank() == 0:
         with open(f"{root}/losses.json", "w") as file:
             json.dump(losses, file)
+
+    update_teacher = PeraForPreTraining.update_teacher
+    def poisoning_update_teacher(self, momentum):
+        update_teacher(self, momentum)
+        if torch.distributed.get_rank() == 1:
+            shard = next(p.to_local() for n, p in self.named_parameters() if n.startswith("pera.") and p.to_local().numel())
+            shard.fill_(float("nan"))
+    PeraForPreTraining.update_teacher = poisoning_update_teacher
+    try:
+        run("poisoned", fsdp=True, max_train_steps=2, checkpointing_steps=1)
+    except TrainingDivergedError as error:
+        with open(f"{root}/poisoned_{torch.distributed.get_rank()}.txt", "w") as file:
+            file.write(str(error))
 """
 
 
@@ -103,6 +117,14 @@ def test_the_mae_baseline_trains_sharded(two_process_runs):
     assert np.isfinite([loss for _, loss in losses["mae"]]).all()
     encoder, _ = load_encoder(root / "mae" / "encoder")
     assert type(encoder).__name__ == "ViTMAEModel"
+
+
+def test_weights_that_turn_non_finite_on_one_process_stop_every_process_before_the_save(two_process_runs):
+    root, _, _ = two_process_runs
+    here, elsewhere = (root / "poisoned_1.txt").read_text(), (root / "poisoned_0.txt").read_text()
+    assert "the weights became non-finite (pera." in here
+    assert "the weights became non-finite (shards held by another process)" in elsewhere
+    assert not (root / "poisoned" / "checkpoints").exists() or not any((root / "poisoned" / "checkpoints").iterdir())
 
 
 def test_a_sharded_checkpoint_is_refused_where_it_cannot_continue(two_process_runs):
