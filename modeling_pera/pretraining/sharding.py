@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 import torch.distributed.checkpoint as dcp
 from accelerate import Accelerator
-from accelerate.utils import parse_flag_from_env
+from accelerate.utils import convert_outputs_to_fp32, parse_flag_from_env
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -59,13 +59,14 @@ def shard_model(model: torch.nn.Module, accelerator: Accelerator) -> None:
 
 
 def autocast_forward(model: Callable, accelerator: Accelerator) -> Callable:
-    """`model`'s forward under the run's mixed precision (what `accelerator.prepare` adds to a model it wraps)."""
+    """`model`'s forward under the run's mixed precision, its outputs in float32: what `accelerator.prepare` adds to a
+    model it wraps."""
 
     def forward(**inputs):
         with accelerator.autocast():
             return model(**inputs)
 
-    return forward
+    return convert_outputs_to_fp32(forward)
 
 
 def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
