@@ -245,7 +245,7 @@ def test_recipes_fill_only_what_the_user_left_unset():
     assert (reference.teacher_temperature_start, reference.teacher_temperature_end) == (0.03, 0.05)
     short = PretrainingArguments(output_dir="out", recipe="short-budget")
     assert (short.learning_rate, short.min_learning_rate, short.momentum_start) == (3e-4, 1e-5, 0.95)
-    assert (short.teacher_temperature_start, short.teacher_temperature_end) == (0.04, 0.07)
+    assert (short.teacher_temperature_start, short.teacher_temperature_end) == (0.04, 0.05)
     assert short.model_config_overrides() == {
         "num_prototypes": 1024,
         "drop_path_rate": 0.1,
