@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from modeling_pera import PeraConfig, PeraImageProcessor
-from modeling_pera.views import AlignedPairViews, apply_photometry, pop_sample_counts, pretraining_collate
+from modeling_pera.views import (
+    AlignedPairViews,
+    _photometry_of_every_view,
+    apply_photometry,
+    pop_sample_counts,
+    pretraining_collate,
+)
 
 
 GLOBAL_SIZE, LOCAL_SIZE = 32, 16
@@ -313,6 +319,25 @@ def test_batched_rgb_photometry_matches_torchvision_view_by_view():
         alone = apply_photometry(crops[index : index + 1], rows[index : index + 1], rgb=True)[0]
         torch.testing.assert_close(alone, expected, rtol=0, atol=2e-6)
     assert torch.equal(batched[4], crops[4])  # an unchanged view is left exactly as it was
+
+
+@pytest.mark.parametrize("num_channels", [3, 4])
+def test_photometry_on_the_cpu_computes_the_changed_views_only_and_gives_what_every_view_gives(num_channels):
+    views = make_views(num_channels)
+    draw = generator(0)
+    rows = torch.stack(
+        [views._teacher_photometry(draw) for _ in range(32)] + [views._student_photometry(draw) for _ in range(32)]
+    )
+    crops = torch.rand(64, num_channels, 16, 16, generator=generator(1))
+    unchanged = (rows[:, 0] == 0) & (rows[:, 1] == 0)  # neither grayscale nor jitter
+    assert unchanged.any() and not unchanged.all()
+
+    changed_only = apply_photometry(crops, rows, rgb=num_channels == 3)
+    # the accelerator's path, which computes every view
+    every_view = _photometry_of_every_view(crops, rows, rgb=num_channels == 3, on_cpu=False)
+    torch.testing.assert_close(changed_only, every_view, rtol=0, atol=1e-6)
+    assert torch.equal(changed_only[unchanged], crops[unchanged])
+    assert not torch.equal(changed_only[~unchanged], crops[~unchanged])
 
 
 def test_batched_multispectral_photometry_follows_each_views_order():
