@@ -32,7 +32,7 @@ PRETRAIN_DIR ?= outputs/pera-ucmerced
 SEED ?= 42
 PRETRAIN_FLAGS ?= --model_size vit-tiny --recipe short-budget \
 	--config_overrides image_size=64,patch_size=8,local_crop_size=32,num_hidden_layers=4 \
-	--per_device_train_batch_size 32 --max_train_steps 350 \
+	--per_device_train_batch_size 32 --max_train_steps 500 \
 	--checkpointing_steps 100 --logging_steps 10 --dataloader_num_workers 1 --with_tracking \
 	--overwrite_output_dir --seed $(SEED)
 EVAL_FLAGS ?= --k 20 --train_fraction 0.5 --image_size 64 --seed 0 --linear_probe

@@ -5,6 +5,7 @@ printed table, the table's block in docs/benchmarks.md)."""
 import json
 import re
 import resource
+import shlex
 import statistics
 import sys
 import time
@@ -39,8 +40,9 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 
 def command_line() -> str:
-    """The command that ran this benchmark, as the docs quote it."""
-    return f"python benchmarks/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:])
+    """The command that ran this benchmark, as the docs quote it: quoted, so that it runs again when pasted (a
+    configuration name of `sweep.py --configs` has spaces)."""
+    return shlex.join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
 
 
 def device_name(device: torch.device) -> str:

@@ -2,6 +2,7 @@
 running them, never asserted here)."""
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -278,11 +279,15 @@ def test_sweep_speed_only_reports_images_per_second_of_each_configuration(tmp_pa
         str(tmp_path / "runs"),
         "--output_json",
         str(tmp_path / "speed.json"),
+        "--configs",
+        "on the device",
+        "in the workers",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "speed.json").read_text())
-    assert [run["config"] for run in report["runs"]] == ["in the workers", "on the device"]
+    assert [run["config"] for run in report["runs"]] == ["on the device", "in the workers"]  # in --configs' order
+    assert shlex.split(report["command"]) == ["python", "benchmarks/sweep.py", *command[2:]]
     assert all(run["images_per_second"] > 0 for run in report["runs"])
     assert "| in the workers | photometry_on_device=False |" in result.stdout and "| 1.00x |" in result.stdout
     assert all("final" not in run for run in report["runs"])  # no evaluation, only speed
