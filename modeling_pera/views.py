@@ -93,8 +93,9 @@ def _hsv_to_rgb(hue: torch.Tensor, saturation: torch.Tensor, value: torch.Tensor
 def apply_photometry(views: torch.Tensor, photometry: torch.Tensor, rgb: bool) -> torch.Tensor:
     """
     Applies per-view photometric augmentations, batched: grayscale, or colour jitter with each view's own factors and
-    order of operations (see [`AlignedPairViews`] for what the operations do). Shapes are static and nothing is read
-    back to the host, so it runs on an accelerator without synchronising.
+    order of operations (see [`AlignedPairViews`] for what the operations do). On an accelerator every view is computed:
+    shapes are static and nothing is read back to the host, so it runs without synchronising. On the CPU only the
+    views that change are computed, and the others are returned exactly as they were.
 
     Args:
         views (`torch.Tensor` of shape `(views, bands, height, width)`):
@@ -108,8 +109,7 @@ def apply_photometry(views: torch.Tensor, photometry: torch.Tensor, rgb: bool) -
     photometry = photometry.to(views.device)
     if views.device.type != "cpu":
         return _photometry_of_every_view(views, photometry, rgb, on_cpu=False)
-    # On the CPU only the views that change are computed (nine teacher views in ten are left as they are); on an
-    # accelerator, picking them out would wait for the device, and computing every view is cheaper.
+    # Nine teacher views in ten are left as they are; on an accelerator, picking them out would wait for the device.
     changed = ((photometry[:, _JITTER_COLUMN] > 0.5) | (photometry[:, _GRAYSCALE_COLUMN] > 0.5)).nonzero().squeeze(1)
     result = views.clone()
     result[changed] = _photometry_of_every_view(views[changed], photometry[changed], rgb, on_cpu=True)
